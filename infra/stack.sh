@@ -1,0 +1,442 @@
+#!/usr/bin/env bash
+# Native local server stack for uds3-saga (no Docker needed):
+#   Kafka 4 (KRaft, one broker+controller node), Neo4j 5.26 Community (embedded, Bolt only),
+#   PostgreSQL 15 (Debian packages, the project's own cluster).
+#
+# Usage: bash infra/stack.sh fetch|up|down|status|logs [kafka|neo4j|postgres]
+#   fetch   download jars (Maven Central) / install postgresql-15 if missing; compile launcher
+#   up      fetch if needed, start what is not running, return when every server answers
+#   down    stop all servers (SIGTERM, wait, SIGKILL as a last resort)
+#   status  one line per server
+#   logs    tail the server logs
+#
+# Everything lives in $UDS3_STACK_DIR (default <repo>/.stack, git-ignored):
+#   artifacts/  fetched jars + compiled launcher     data/  databases (persist across restarts)
+#   logs/       server logs                            run/   pid files, PG socket, lock
+# Versions are pinned in infra/versions.env. All servers listen on 127.0.0.1 only.
+set -euo pipefail
+
+INFRA_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO_DIR=$(dirname "$INFRA_DIR")
+# shellcheck source=versions.env
+source "$INFRA_DIR/versions.env"
+
+STACK_DIR=${UDS3_STACK_DIR:-$REPO_DIR/.stack}
+KAFKA_PORT=${UDS3_KAFKA_PORT:-19092}
+KAFKA_CONTROLLER_PORT=${UDS3_KAFKA_CONTROLLER_PORT:-19093}
+NEO4J_BOLT_PORT=${UDS3_NEO4J_BOLT_PORT:-17687}
+PG_PORT=${UDS3_PG_PORT:-15432}
+UP_TIMEOUT=${UDS3_UP_TIMEOUT:-120}     # seconds to wait for each server to answer
+STOP_TIMEOUT=${UDS3_STOP_TIMEOUT:-60}  # seconds between SIGTERM and SIGKILL
+
+ART=$STACK_DIR/artifacts
+DATA=$STACK_DIR/data
+LOGS=$STACK_DIR/logs
+RUN=$STACK_DIR/run
+
+KAFKA_LIB=$ART/kafka-$KAFKA_VERSION
+NEO4J_LIB=$ART/neo4j-$NEO4J_VERSION
+NEO4J_CLASSES=$NEO4J_LIB/classes
+PG_BIN=/usr/lib/postgresql/$PG_MAJOR/bin
+PG_DATA=$DATA/postgres
+PG_SOCK=$RUN/postgres            # unix socket dir (owned by postgres)
+
+KAFKA_JAVA_OPTS=(-Xms256m -Xmx1G -XX:+UseG1GC -XX:MaxGCPauseMillis=20
+  -XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent -Djava.awt.headless=true)
+# Neo4j: an explicit -Xms (Neo4j warns without one; below -Xmx keeps idle RSS smaller).
+# The add-opens are the ones the Neo4j server script passes (without them the page
+# cache and the transaction-log native access run in a slower fallback mode).
+NEO4J_JAVA_OPTS=(-Xms256m -Xmx768m -XX:+UseG1GC -XX:-OmitStackTraceInFastThrow
+  -Duds3.neo4j.pagecache=$((256 * 1024 * 1024)) -Djdk.nio.maxCachedBufferSize=1024
+  -Dio.netty.tryReflectionSetAccessible=true -Dlog4j2.disable.jmx=true
+  --add-opens=java.base/java.nio=ALL-UNNAMED --add-opens=java.base/java.io=ALL-UNNAMED
+  --add-opens=java.base/sun.nio.ch=ALL-UNNAMED --add-opens=java.base/java.lang=ALL-UNNAMED
+  --enable-native-access=ALL-UNNAMED)
+
+log() { printf '[stack] %s\n' "$*" >&2; }
+die() { printf '[stack] ERROR: %s\n' "$*" >&2; exit 1; }
+
+# ---------------------------------------------------------------- helpers
+
+require_java() {
+  JAVA=${JAVA_HOME:+$JAVA_HOME/bin/}java
+  command -v "$JAVA" >/dev/null 2>&1 ||
+    die "java not found ('$JAVA'; need Java 17+; Debian: apt-get install -y openjdk-17-jdk-headless, or set JAVA_HOME)"
+  local major
+  major=$("$JAVA" -XshowSettings:properties -version 2>&1 | sed -n 's/^ *java.specification.version = //p')
+  [[ ${major%%.*} -ge 17 ]] 2>/dev/null || die "Java 17+ required, '$JAVA' is version '${major:-?}'"
+  JAVAC=$(dirname "$(readlink -f "$(command -v "$JAVA")")")/javac
+}
+
+# pid from a pid file if that process is alive and its command line contains $2
+# (guards against a recycled pid); removes a stale pid file.
+live_pid() {
+  local file=$1 marker=$2 pid
+  [[ -f $file ]] || return 1
+  pid=$(head -n1 "$file")
+  if [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null &&
+     tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$marker"; then
+    echo "$pid"; return 0
+  fi
+  [[ $file == "$PG_DATA/postmaster.pid" ]] || rm -f "$file"  # postgres cleans its own
+  return 1
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# Refuse to start a server on a port somebody else already listens on.
+require_free_port() {
+  local port=$1 what=$2 var=$3
+  if port_open "$port"; then
+    local who
+    who=$(ss -Hltnp "sport = :$port" 2>/dev/null | grep -o 'users:.*' | head -n1 || true)
+    die "port $port ($what) is already in use by another process ${who:-(unknown)}; stop it or set $var to a free port"
+  fi
+}
+
+# Print the end of the two most recently written logs of a server's log dir.
+show_logs() {
+  local dir=$1 f
+  for f in $(ls -t "$dir" 2>/dev/null | head -n 2); do
+    printf -- '--- last lines of %s:\n' "$dir/$f" >&2
+    tail -n 25 "$dir/$f" >&2 || true
+  done
+}
+
+# Wait until "$@" succeeds; fail with the log tail if the server dies or times out.
+wait_for() {
+  local what=$1 logdir=$2 pidfile=$3 marker=$4; shift 4
+  local deadline=$((SECONDS + UP_TIMEOUT))
+  until "$@"; do
+    if ! live_pid "$pidfile" "$marker" >/dev/null; then
+      show_logs "$logdir"
+      die "$what exited during startup (logs above)"
+    fi
+    if ((SECONDS >= deadline)); then
+      show_logs "$logdir"
+      die "$what did not answer within ${UP_TIMEOUT}s (logs above; raise UDS3_UP_TIMEOUT if the machine is just slow)"
+    fi
+    sleep 0.5
+  done
+}
+
+# Wait up to STOP_TIMEOUT for a pid that got SIGTERM to exit, then SIGKILL it.
+wait_stopped() {
+  local pid=$1 what=$2 i
+  for ((i = 0; i < STOP_TIMEOUT * 2; i++)); do
+    kill -0 "$pid" 2>/dev/null || return 0
+    sleep 0.5
+  done
+  log "$what did not stop within ${STOP_TIMEOUT}s, sending SIGKILL"
+  kill -KILL "$pid" 2>/dev/null || true
+}
+
+# Start a command detached from this shell (own session, so Ctrl-C / hang-up of the
+# caller does not kill it) with output to a log, and record its pid.
+# fd 9 (the stack lock) is closed so the server does not hold the lock forever.
+spawn() {
+  local pidfile=$1 logfile=$2; shift 2
+  # logs are appended across restarts; mark each start so log tails are readable
+  printf '==== %s started by infra/stack.sh ====\n' "$(date '+%F %T')" >>"$logfile"
+  setsid nohup "$@" >>"$logfile" 2>&1 </dev/null 9>&- &
+  echo $! >"$pidfile"
+}
+
+# Run a command as the postgres OS user (initdb/pg_ctl refuse root) from a dir it can read.
+as_postgres() { (cd / && runuser -u postgres -- "$@"); }
+
+# Fetch a pom's runtime dependencies into a versioned folder. Offline first, so a
+# wiped .stack is rebuilt from ~/.m2 without network; marker file = complete.
+mvn_fetch() {
+  local pom=$1 dest=$2; shift 2
+  [[ -f $dest/.complete ]] && return 0
+  command -v mvn >/dev/null || die "mvn not found (Debian: apt-get install -y maven)"
+  log "fetching $(basename "$dest") with Maven into $dest"
+  rm -rf "$dest.tmp"
+  local args=(-B -q -Dstyle.color=never -f "$pom" "$@" -DincludeScope=runtime -DoutputDirectory="$dest.tmp"
+    "org.apache.maven.plugins:maven-dependency-plugin:$MAVEN_DEPENDENCY_PLUGIN_VERSION:copy-dependencies")
+  mvn -o "${args[@]}" >/dev/null 2>&1 || mvn "${args[@]}" || die "Maven fetch of $pom failed"
+  rm -rf "$dest" && mv "$dest.tmp" "$dest" && touch "$dest/.complete"
+}
+
+# ---------------------------------------------------------------- fetch
+
+fetch_kafka() {
+  mvn_fetch "$INFRA_DIR/kafka/pom.xml" "$KAFKA_LIB" \
+    -Dkafka.version="$KAFKA_VERSION" -Dscala.binary="$SCALA_BINARY" -Dlog4j.version="$LOG4J_VERSION"
+}
+
+fetch_neo4j() {
+  mvn_fetch "$INFRA_DIR/neo4j/pom.xml" "$NEO4J_LIB" -Dneo4j.version="$NEO4J_VERSION"
+  # (re)compile the launcher when missing or older than its source
+  local src=$INFRA_DIR/neo4j/Neo4jLauncher.java
+  if [[ ! -f $NEO4J_CLASSES/Neo4jLauncher.class || $src -nt $NEO4J_CLASSES/Neo4jLauncher.class ]]; then
+    [[ -x $JAVAC ]] || die "javac not found next to java ($JAVAC); install a JDK, not only a JRE"
+    log "compiling Neo4jLauncher"
+    mkdir -p "$NEO4J_CLASSES"
+    "$JAVAC" -nowarn -d "$NEO4J_CLASSES" -cp "$NEO4J_LIB/*" "$src"
+  fi
+}
+
+fetch_postgres() {
+  [[ -x $PG_BIN/initdb ]] && return 0
+  log "PostgreSQL $PG_MAJOR not installed; installing postgresql-$PG_MAJOR with apt-get"
+  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "postgresql-$PG_MAJOR"
+}
+
+cmd_fetch() {
+  require_java
+  mkdir -p "$ART"
+  fetch_kafka
+  fetch_neo4j
+  fetch_postgres
+}
+
+# ---------------------------------------------------------------- Kafka
+
+kafka_pid() { live_pid "$RUN/kafka.pid" kafka.Kafka; }
+
+kafka_java() {  # run a Kafka class (tool) with quiet logging
+  "$JAVA" -Xmx256m -Dlog4j2.configurationFile="$INFRA_DIR/kafka/tools-log4j2.xml" \
+    -cp "$KAFKA_LIB/*" "$@"
+}
+
+write_kafka_config() {
+  # regenerated on every start so port env vars take effect; static quorum
+  # (controller.quorum.voters) so a changed controller port needs no re-format
+  cat >"$DATA/kafka/server.properties" <<EOF
+# GENERATED by infra/stack.sh on every start - edit the script, not this file.
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$KAFKA_CONTROLLER_PORT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs=$DATA/kafka/log
+# topics are created explicitly by the project (admin client), never implicitly
+auto.create.topics.enable=false
+num.partitions=1
+default.replication.factor=1
+min.insync.replicas=1
+# single node: internal topics must not ask for more replicas than there are brokers
+offsets.topic.replication.factor=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+# fewer internal partitions than the default 50: faster first use on a dev box
+offsets.topic.num.partitions=10
+transaction.state.log.num.partitions=10
+# consumers join immediately (tests would otherwise wait 3 s per group)
+group.initial.rebalance.delay.ms=0
+log.retention.hours=168
+EOF
+}
+
+kafka_format_once() {
+  [[ -f $DATA/kafka/log/meta.properties ]] && return 0
+  local id_file=$DATA/kafka/cluster.id
+  [[ -s $id_file ]] || kafka_java kafka.tools.StorageTool random-uuid >"$id_file"
+  log "formatting Kafka KRaft storage (cluster id $(cat "$id_file"))"
+  kafka_java kafka.tools.StorageTool format -t "$(cat "$id_file")" \
+    -c "$DATA/kafka/server.properties" >>"$LOGS/kafka/kafka.out" 2>&1 ||
+    { tail -n 20 "$LOGS/kafka/kafka.out" >&2; die "Kafka storage format failed"; }
+}
+
+kafka_start() {
+  kafka_pid >/dev/null && return 0
+  require_free_port "$KAFKA_PORT" "Kafka" UDS3_KAFKA_PORT
+  require_free_port "$KAFKA_CONTROLLER_PORT" "Kafka controller" UDS3_KAFKA_CONTROLLER_PORT
+  mkdir -p "$DATA/kafka" "$LOGS/kafka"
+  write_kafka_config
+  kafka_format_once
+  log "starting Kafka $KAFKA_VERSION on 127.0.0.1:$KAFKA_PORT"
+  # log4j2's own shutdown hook would stop logging before Kafka's shutdown is done
+  spawn "$RUN/kafka.pid" "$LOGS/kafka/kafka.out" \
+    "$JAVA" "${KAFKA_JAVA_OPTS[@]}" -Dkafka.logs.dir="$LOGS/kafka" \
+    -Dlog4j2.configurationFile="$INFRA_DIR/kafka/log4j2.xml" \
+    -Dlog4j2.shutdownHookEnabled=false \
+    -cp "$KAFKA_LIB/*" kafka.Kafka "$DATA/kafka/server.properties"
+}
+
+# real protocol check: the broker answers ApiVersions (tool from kafka-tools)
+kafka_answers() {
+  port_open "$KAFKA_PORT" &&
+    kafka_java org.apache.kafka.tools.BrokerApiVersionsCommand \
+      --bootstrap-server "127.0.0.1:$KAFKA_PORT" >/dev/null 2>&1
+}
+
+# ---------------------------------------------------------------- Neo4j
+
+neo4j_pid() { live_pid "$RUN/neo4j.pid" Neo4jLauncher; }
+
+neo4j_start() {
+  neo4j_pid >/dev/null && return 0
+  require_free_port "$NEO4J_BOLT_PORT" "Neo4j Bolt" UDS3_NEO4J_BOLT_PORT
+  mkdir -p "$DATA/neo4j" "$LOGS/neo4j"
+  rm -f "$RUN/neo4j.ready"
+  log "starting Neo4j $NEO4J_VERSION on bolt://127.0.0.1:$NEO4J_BOLT_PORT"
+  spawn "$RUN/neo4j.pid" "$LOGS/neo4j/neo4j.out" \
+    "$JAVA" "${NEO4J_JAVA_OPTS[@]}" -cp "$NEO4J_CLASSES:$NEO4J_LIB/*" Neo4jLauncher \
+    "$DATA/neo4j" "$LOGS/neo4j" "$NEO4J_BOLT_PORT" "$RUN/neo4j.ready"
+}
+
+# Bolt handshake: magic 0x6060B017 + proposed versions (5.8..5.0, 4.4); a non-zero
+# reply is the agreed version, i.e. the Bolt server really speaks.
+bolt_handshake() {
+  local reply
+  reply=$( (exec 3<>"/dev/tcp/127.0.0.1/$NEO4J_BOLT_PORT" &&
+    printf '\x60\x60\xb0\x17\x00\x08\x08\x05\x00\x00\x04\x04\x00\x00\x00\x00\x00\x00\x00\x00' >&3 &&
+    timeout 3 head -c 4 <&3 | od -An -tx1 | tr -d ' \n') 2>/dev/null) || return 1
+  [[ -n $reply && $reply != 00000000 ]]
+}
+
+# the launcher writes the ready file after CALL dbms.components() succeeded
+neo4j_answers() { [[ -s $RUN/neo4j.ready ]] && bolt_handshake; }
+
+# ---------------------------------------------------------------- PostgreSQL
+
+pg_pid() { live_pid "$PG_DATA/postmaster.pid" postgres; }
+
+pg_init_once() {
+  [[ -f $PG_DATA/PG_VERSION ]] && return 0
+  as_postgres test -x "$STACK_DIR" ||
+    die "the postgres OS user cannot enter $STACK_DIR; set UDS3_STACK_DIR to a path readable by it"
+  log "creating PostgreSQL $PG_MAJOR cluster in $PG_DATA"
+  mkdir -p "$PG_DATA" && chown postgres:postgres "$PG_DATA" && chmod 700 "$PG_DATA"
+  # local socket: peer (the postgres OS user administers); TCP: passwords (scram)
+  as_postgres "$PG_BIN/initdb" -D "$PG_DATA" -U postgres -E UTF8 --locale=C.UTF-8 \
+    --auth-local=peer --auth-host=scram-sha-256 >"$LOGS/postgres/initdb.log" 2>&1 ||
+    { tail -n 20 "$LOGS/postgres/initdb.log" >&2; die "initdb failed"; }
+  # port and socket dir are passed by pg_ctl at every start (so env vars apply)
+  cat >>"$PG_DATA/postgresql.conf" <<'EOF'
+
+# ---- uds3 local stack (infra/stack.sh); port/socket dir are given on the pg_ctl command line
+listen_addresses = '127.0.0.1'
+max_connections = 200
+password_encryption = scram-sha-256
+EOF
+}
+
+pg_start() {
+  mkdir -p "$LOGS/postgres" "$PG_SOCK"
+  chown postgres:postgres "$LOGS/postgres" "$PG_SOCK"
+  pg_init_once
+  pg_pid >/dev/null && return 0
+  require_free_port "$PG_PORT" "PostgreSQL" UDS3_PG_PORT
+  log "starting PostgreSQL $PG_MAJOR on 127.0.0.1:$PG_PORT"
+  # pg_ctl daemonizes the postmaster and (-w) waits until it accepts connections;
+  # PostgreSQL starts in about a second while the JVMs started before keep booting
+  as_postgres "$PG_BIN/pg_ctl" start -w -t "$UP_TIMEOUT" -D "$PG_DATA" \
+    -l "$LOGS/postgres/postgres.log" -o "-p $PG_PORT -k $PG_SOCK" 9>&- >/dev/null ||
+    { show_logs "$LOGS/postgres"; die "PostgreSQL failed to start (logs above)"; }
+}
+
+pg_answers() { "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT"; }
+
+# role + database for the project; idempotent, run on every up
+pg_ensure_role() {
+  as_postgres "$PG_BIN/psql" -h "$PG_SOCK" -p "$PG_PORT" -U postgres -d postgres \
+    -v ON_ERROR_STOP=1 -qAt >/dev/null <<'SQL'
+DO $$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'uds3') THEN
+    CREATE ROLE uds3 LOGIN SUPERUSER PASSWORD 'uds3';
+  END IF;
+END $$;
+SELECT 'CREATE DATABASE uds3 OWNER uds3'
+ WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'uds3')\gexec
+SQL
+}
+
+# ---------------------------------------------------------------- commands
+
+lock_stack() {  # serialize concurrent up/down calls
+  mkdir -p "$RUN"
+  exec 9>"$RUN/stack.lock"
+  flock -w 300 9 || die "another infra/stack.sh is still running (lock $RUN/stack.lock)"
+}
+
+cmd_up() {
+  lock_stack
+  cmd_fetch
+  mkdir -p "$DATA" "$LOGS"
+  # check every port before starting anything, so a clash leaves nothing half-started
+  kafka_pid >/dev/null || {
+    require_free_port "$KAFKA_PORT" "Kafka" UDS3_KAFKA_PORT
+    require_free_port "$KAFKA_CONTROLLER_PORT" "Kafka controller" UDS3_KAFKA_CONTROLLER_PORT
+  }
+  neo4j_pid >/dev/null || require_free_port "$NEO4J_BOLT_PORT" "Neo4j Bolt" UDS3_NEO4J_BOLT_PORT
+  pg_pid >/dev/null || require_free_port "$PG_PORT" "PostgreSQL" UDS3_PG_PORT
+  # start all three first, then wait, so the JVM startups overlap
+  kafka_start
+  neo4j_start
+  pg_start
+  wait_for PostgreSQL "$LOGS/postgres" "$PG_DATA/postmaster.pid" postgres pg_answers
+  pg_ensure_role
+  wait_for Neo4j "$LOGS/neo4j" "$RUN/neo4j.pid" Neo4jLauncher neo4j_answers
+  wait_for Kafka "$LOGS/kafka" "$RUN/kafka.pid" kafka.Kafka kafka_answers
+  cmd_status
+  log "ready: kafka 127.0.0.1:$KAFKA_PORT  bolt://127.0.0.1:$NEO4J_BOLT_PORT (no auth)  postgresql://uds3:uds3@127.0.0.1:$PG_PORT/uds3"
+}
+
+cmd_down() {
+  lock_stack
+  local kpid npid ppid
+  # SIGTERM both JVMs first so their shutdowns (Kafka: controlled shutdown,
+  # Neo4j: checkpoint via the launcher's shutdown hook) run in parallel
+  if kpid=$(kafka_pid); then log "stopping Kafka (pid $kpid)"; kill -TERM "$kpid" 2>/dev/null || true; fi
+  if npid=$(neo4j_pid); then log "stopping Neo4j (pid $npid)"; kill -TERM "$npid" 2>/dev/null || true; fi
+  if ppid=$(pg_pid); then
+    log "stopping PostgreSQL (pid $ppid)"
+    # fast = roll back open transactions, then a clean shutdown checkpoint
+    as_postgres "$PG_BIN/pg_ctl" stop -D "$PG_DATA" -m fast -w -t "$STOP_TIMEOUT" >/dev/null ||
+      { kill -TERM "$ppid" 2>/dev/null; wait_stopped "$ppid" PostgreSQL; }
+  fi
+  [[ -z ${kpid:-} ]] || wait_stopped "$kpid" Kafka
+  [[ -z ${npid:-} ]] || wait_stopped "$npid" Neo4j
+  rm -f "$RUN/kafka.pid" "$RUN/neo4j.pid" "$RUN/neo4j.ready"
+  log "stack stopped"
+}
+
+status_line() {
+  local name=$1 pid=$2 port=$3 state=stopped
+  if [[ -n $pid ]]; then
+    state=running
+    port_open "$port" || state="starting (port not open yet)"
+  fi
+  printf '%-9s %-30s pid=%-8s port=%s\n' "$name" "$state" "${pid:--}" "$port"
+}
+
+cmd_status() {
+  status_line kafka "$(kafka_pid || true)" "$KAFKA_PORT"
+  status_line neo4j "$(neo4j_pid || true)" "$NEO4J_BOLT_PORT"
+  status_line postgres "$(pg_pid || true)" "$PG_PORT"
+}
+
+cmd_logs() {
+  local which=${1:-all}
+  case $which in
+    kafka | all) tail -n 30 "$LOGS/kafka/server.log" 2>/dev/null | sed 's/^/kafka| /' ;;&
+    neo4j | all) tail -n 30 "$LOGS/neo4j/neo4j.out" 2>/dev/null | sed 's/^/neo4j| /' ;;&
+    postgres | all) tail -n 30 "$LOGS/postgres/postgres.log" 2>/dev/null | sed 's/^/postgres| /' ;;&
+    kafka | neo4j | postgres | all) ;;
+    *) die "logs: unknown server '$which' (kafka|neo4j|postgres)" ;;
+  esac
+}
+
+main() {
+  local cmd=${1:-}
+  shift || true
+  case $cmd in
+    fetch) lock_stack; cmd_fetch ;;
+    up) cmd_up ;;
+    down) cmd_down ;;
+    status) cmd_status ;;
+    logs) cmd_logs "$@" ;;
+    *) echo "usage: bash infra/stack.sh fetch|up|down|status|logs [kafka|neo4j|postgres]" >&2; exit 2 ;;
+  esac
+}
+
+main "$@"

@@ -1,0 +1,330 @@
+"""`uds3`: submit documents, follow sagas, and operate the system.
+
+Errors a user can cause or fix (stack down, file missing, unknown document) print one line
+and exit non-zero; tracebacks are for bugs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Awaitable, Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from services.client import Client
+from services.core.config import Settings
+from services.core.events import STEPS, SUCCESS_EVENT, TERMINAL_EVENTS, Event
+
+app = typer.Typer(
+    help="uds3-saga: ingest large documents into vectors, graph and relational stores.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+saga_app = typer.Typer(help="Inspect and re-drive sagas.", no_args_is_help=True)
+dlq_app = typer.Typer(help="The dead-letter topic.", no_args_is_help=True)
+audit_app = typer.Typer(help="Audit trail and consistency checks.", no_args_is_help=True)
+services_app = typer.Typer(help="Run the six services locally.", no_args_is_help=True)
+app.add_typer(saga_app, name="saga")
+app.add_typer(dlq_app, name="dlq")
+app.add_typer(audit_app, name="audit")
+app.add_typer(services_app, name="services")
+out = Console()
+err = Console(stderr=True)
+T = TypeVar("T")
+
+
+class UserError(Exception):
+    """A problem the user can act on: printed as one line, exit code 2."""
+
+
+def friendly(fn: Callable[..., T]) -> Callable[..., T]:
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except UserError as e:
+            err.print(f"[red]error:[/red] {e}")
+            raise typer.Exit(2) from None
+        except (ConnectionError, OSError) as e:
+            err.print(f"[red]error:[/red] cannot reach the stack ({e}); is it up? try `make up`")
+            raise typer.Exit(3) from None
+        except Exception as e:
+            if type(e).__name__ in {"KafkaConnectionError", "OperationalError", "ServiceUnavailable"}:
+                err.print(f"[red]error:[/red] cannot reach the stack ({type(e).__name__}: {e}); try `make up`")
+                raise typer.Exit(3) from None
+            raise
+
+    return wrapper
+
+
+def run(coro: Awaitable[T]) -> T:
+    return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def _metadata(pairs: list[str]) -> dict[str, str]:
+    meta = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise UserError(f"--meta takes key=value, got {pair!r}")
+        meta[key] = value
+    return meta
+
+
+@app.command()
+@friendly
+def submit(
+    path: Path,
+    title: str = typer.Option(None),
+    author: str = typer.Option(None),
+    organisation: str = typer.Option(None),
+    case: str = typer.Option(None, "--case", help="case number"),
+    security_level: str = typer.Option("internal", "--security-level"),
+    reference: list[str] = typer.Option([], "--reference", help="id of a document this one references"),
+    meta: list[str] = typer.Option([], "--meta", help="free metadata, key=value"),
+    sha256: str = typer.Option(None, help="declared sha256 of the file, checked by the verifier"),
+    document_id: str = typer.Option(None, "--document-id", help="resubmitting the same id is recognised"),
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="show live progress until the saga ends"),
+) -> None:
+    """Submit a document; shows live progress per step until its saga ends."""
+    if not path.exists():
+        raise UserError(f"{path}: no such file")
+
+    async def go() -> Event | None:
+        async with Client() as client:
+            sub = await client.submit(
+                path,
+                title=title,
+                author=author,
+                organisation=organisation,
+                case_number=case,
+                references=reference,
+                metadata=_metadata(meta),
+                security_level=security_level,
+                declared_sha256=sha256,
+                document_id=document_id,
+            )
+            if not wait:
+                print(sub.document_id)
+                return None
+            err.print(f"submitted [bold]{sub.document_id}[/bold] (saga {sub.saga_id})")
+            return await follow(client, sub.document_id, sub.submitted_at_ms)
+
+    terminal = run(go())
+    if terminal is not None:
+        show_terminal(terminal)
+        if terminal.event_type != "DocumentCompleted":
+            raise typer.Exit(1)
+
+
+async def follow(client: Client, document_id: str, since_ms: int | None) -> Event:
+    """A live bar per step, fed by the document's events."""
+    columns = (
+        TextColumn("{task.description:<12}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=err) as bars:
+        tasks = {s: bars.add_task(s, total=None, info="") for s in STEPS}
+        async for event in client.progress(document_id, since_ms):
+            update_bars(bars, tasks, event)
+            if event.event_type in TERMINAL_EVENTS:
+                return event
+    raise UserError("the event stream ended before the saga did")
+
+
+def update_bars(bars: Progress, tasks: dict[str, Any], e: Event) -> None:
+    p = e.payload
+    if e.event_type == "UploadProgressed":
+        bars.update(
+            tasks["Upload"],
+            total=p["bytes_total"],
+            completed=p["bytes_done"],
+            info=f"{p['bytes_done'] / 1e6:.0f}/{p['bytes_total'] / 1e6:.0f} MB {p['bytes_per_second'] / 1e6:.0f} MB/s",
+        )
+    elif e.event_type == "VectorsProgressed":
+        bars.update(
+            tasks["Vectors"],
+            total=p["pages_total"] or None,
+            completed=p["pages_done"],
+            info=f"{p['chunks_done']} chunks, {p['chunks_per_second']:.0f}/s",
+        )
+    for step in STEPS:
+        if e.event_type == SUCCESS_EVENT[step]:
+            bars.update(tasks[step], total=1, completed=1, info="done")
+        elif e.event_type == f"{step}Failed":
+            bars.update(tasks[step], info=f"[red]failed: {p.get('reason', '')}[/red]")
+        elif e.event_type == f"{step}Compensated":
+            bars.update(tasks[step], info=f"[yellow]compensated: {p.get('detail', '')}[/yellow]")
+
+
+def show_terminal(e: Event) -> None:
+    colour = "green" if e.event_type == "DocumentCompleted" else "red"
+    out.print(f"[{colour}]{e.event_type}[/{colour}] {e.document_id} {json.dumps(dict(e.payload), default=str)}")
+
+
+@app.command()
+@friendly
+def watch(document_id: str) -> None:
+    """Follow a document's saga live until it ends."""
+    state = _reader().state(document_id)
+    if not state.history:
+        raise UserError(f"unknown document {document_id}")
+    if state.terminal:
+        out.print(f"{document_id} already {state.status}")
+        return
+
+    async def go() -> Event:
+        async with Client() as client:
+            return await follow(client, document_id, None)
+
+    show_terminal(run(go()))
+
+
+@app.command()
+@friendly
+def status(document_id: str = typer.Argument(None)) -> None:
+    """One document's saga state, or a table of all of them (from the event store)."""
+    reader = _reader()
+    ids = [document_id] if document_id else reader.document_ids()
+    table = Table("document", "status", "step", "errors")
+    for doc in ids:
+        state = reader.state(doc)
+        if not state.history:
+            raise UserError(f"unknown document {doc}")
+        table.add_row(doc, state.status, state.current_step, "; ".join(state.errors)[:80])
+    out.print(table)
+
+
+@saga_app.command("show")
+@friendly
+def saga_show(document_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
+    """A saga's state and history, rebuilt from the event store alone."""
+    state = _reader().state(document_id)
+    if not state.history:
+        raise UserError(f"unknown document {document_id}")
+    if as_json:
+        print(json.dumps(state.__dict__, default=str, indent=2))
+        return
+    out.print(
+        f"[bold]{document_id}[/bold] saga {state.saga_id}: [bold]{state.status}[/bold] (step {state.current_step})"
+    )
+    for step in STEPS:
+        out.print(f"  {step:<11} {state.steps.get(step, '-')}")
+    for kind, p in state.progress.items():
+        out.print(f"  progress {kind}: {json.dumps(p, default=str)}")
+    for e in state.errors:
+        out.print(f"  [red]error[/red] {e}")
+    table = Table("at", "event", "producer", "details")
+    for m in state.history:
+        table.add_row(
+            m["occurred_at"][11:23], m["event_type"], m["producer"], json.dumps(m["payload"], default=str)[:90]
+        )
+    out.print(table)
+
+
+@app.command()
+@friendly
+def subscribe(
+    from_beginning: bool = typer.Option(False, "--from-beginning"),
+    group: str = typer.Option(None, help="consumer group: resume where it left off"),
+) -> None:
+    """Stream terminal events (DocumentCompleted, DocumentCompensated, CompensationFailed) as JSON lines."""
+
+    async def go() -> None:
+        client = Client()
+        async for e in client.subscribe_completions(from_beginning, group):
+            print(
+                json.dumps(
+                    {
+                        "event_type": e.event_type,
+                        "document_id": e.document_id,
+                        "saga_id": e.saga_id,
+                        "event_id": e.event_id,
+                        "occurred_at": e.occurred_at.isoformat(),
+                        "payload": dict(e.payload),
+                    },
+                    default=str,
+                ),
+                flush=True,
+            )
+
+    with contextlib.suppress(KeyboardInterrupt):
+        run(go())
+
+
+@app.command()
+@friendly
+def search(query: str, k: int = typer.Option(5, "-k")) -> None:
+    """Top-k chunks for a query: document id, page and score."""
+    from services.vector.adapters import VectorIndex
+    from services.vector.embedding import load_embedder
+
+    settings = Settings()
+    try:
+        index = VectorIndex(settings.milvus_uri, settings.milvus_collection).open()
+    except Exception as e:
+        raise UserError(str(e)) from e
+    embedder = load_embedder(settings.embedder, model_dir=settings.model_dir)  # type: ignore[arg-type]
+    vector = embedder.embed([query])[0]
+    table = Table("score", "document", "page", "chunk", "text")
+    for hit in index.search(vector.tolist(), k):
+        table.add_row(
+            f"{hit['score']:.3f}",
+            hit["document_id"],
+            str(hit["page"]),
+            str(hit["chunk"]),
+            hit["text"][:70].replace("\n", " "),
+        )
+    out.print(table)
+
+
+@services_app.command("up")
+@friendly
+def services_up() -> None:
+    """Start the six services in the background (logs in .stack/services/)."""
+    from services.processes import running_detached, start_all
+
+    if running_detached():
+        out.print("services already running")
+        return
+    procs = start_all()
+    out.print("started: " + ", ".join(f"{p.service} (pid {p.proc.pid})" for p in procs if p.proc))
+
+
+@services_app.command("down")
+@friendly
+def services_down() -> None:
+    """Stop the services started by `services up`."""
+    from services.processes import stop_detached
+
+    out.print(f"stopped {stop_detached()} service processes")
+
+
+@services_app.command("status")
+@friendly
+def services_status() -> None:
+    from services.processes import running_detached
+
+    for name, pid in sorted(running_detached().items()):
+        out.print(f"{name:<14} running pid {pid}")
+
+
+def _reader() -> Any:
+    from services.core.saga import SagaReader
+
+    return SagaReader()
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,190 @@
+"""The async Python client: submit a document, follow its progress, wait for its outcome.
+
+async with Client() as client:
+    sub = await client.submit("/data/case-files/big.pdf", title="Case 17")
+    async for event in client.progress(sub.document_id):
+        print(event.event_type, dict(event.payload))
+    outcome = await client.wait(sub.document_id)
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from services.core import codec, topics
+from services.core.config import Settings
+from services.core.events import DOCUMENT_SUBMITTED, TERMINAL_EVENTS, Event
+
+
+@dataclass(frozen=True)
+class Submission:
+    document_id: str
+    saga_id: str
+    event_id: str
+    submitted_at_ms: int
+
+
+class Client:
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings()
+        self.producer: AIOKafkaProducer | None = None
+
+    async def __aenter__(self) -> Client:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        if self.producer is None:
+            self.producer = AIOKafkaProducer(
+                bootstrap_servers=self.settings.kafka_bootstrap, enable_idempotence=True, acks="all"
+            )
+            await self.producer.start()
+
+    async def stop(self) -> None:
+        if self.producer is not None:
+            await self.producer.stop()
+            self.producer = None
+
+    async def submit(
+        self,
+        path: str | Path,
+        *,
+        title: str | None = None,
+        author: str | None = None,
+        organisation: str | None = None,
+        case_number: str | None = None,
+        references: Sequence[str] = (),
+        metadata: Mapping[str, str] | None = None,
+        security_level: str = "internal",
+        submitter: str | None = None,
+        declared_sha256: str | None = None,
+        document_id: str | None = None,
+        content_type: str = "",
+    ) -> Submission:
+        """Publishes DocumentSubmitted (a claim check: the path, never the bytes)."""
+        await self.start()
+        assert self.producer is not None
+        source, size = _describe(path)
+        doc = document_id or str(uuid.uuid4())
+        event = Event(
+            event_type=DOCUMENT_SUBMITTED,
+            document_id=doc,
+            saga_id=str(uuid.uuid4()),
+            producer="client",
+            payload={
+                "source_uri": source.as_uri(),
+                "size_bytes": size,
+                "declared_sha256": declared_sha256,
+                "content_type": content_type or _guess_type(source),
+                "title": title,
+                "author": author,
+                "organisation": organisation,
+                "case_number": case_number,
+                "references": list(references),
+                "metadata": dict(metadata or {}),
+                "security_level": security_level,
+                "submitter": submitter or getpass.getuser(),
+            },
+        )
+        now_ms = int(time.time() * 1000)
+        await self.producer.send_and_wait(topics.EVENTS.name, codec.encode(event), key=doc.encode())
+        return Submission(doc, event.saga_id, event.event_id, now_ms)
+
+    async def progress(self, document_id: str, since_ms: int | None = None) -> AsyncIterator[Event]:
+        """Every event of the document (steps and progress) until its terminal event."""
+        async for event in self._follow([topics.EVENTS, topics.PROGRESS], since_ms, document_id):
+            yield event
+            if event.event_type in TERMINAL_EVENTS:
+                return
+
+    async def wait(self, document_id: str, since_ms: int | None = None) -> Event:
+        """The document's terminal event: DocumentCompleted, DocumentCompensated or CompensationFailed."""
+        async for event in self._follow([topics.COMPLETIONS], since_ms, document_id):
+            return event
+        raise RuntimeError("completions stream ended")  # pragma: no cover - the stream is endless
+
+    async def subscribe_completions(
+        self, from_beginning: bool = False, group_id: str | None = None
+    ) -> AsyncIterator[Event]:
+        """Terminal events for downstream systems; with a group id, positions are committed."""
+        consumer = AIOKafkaConsumer(
+            topics.COMPLETIONS.name,
+            bootstrap_servers=self.settings.kafka_bootstrap,
+            group_id=group_id,
+            auto_offset_reset="earliest" if from_beginning else "latest",
+            enable_auto_commit=group_id is not None,
+            isolation_level="read_committed",
+        )
+        await consumer.start()
+        try:
+            async for record in consumer:
+                yield codec.decode(record.value)
+        finally:
+            await consumer.stop()
+
+    async def _follow(self, follow: list[topics.Topic], since_ms: int | None, document_id: str) -> AsyncIterator[Event]:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap, enable_auto_commit=False, isolation_level="read_committed"
+        )
+        await consumer.start()
+        try:
+            parts = [
+                TopicPartition(t.name, p)
+                for t in follow
+                for p in sorted(consumer.partitions_for_topic(t.name) or await _partitions(consumer, t.name))
+            ]
+            consumer.assign(parts)
+            await _seek_to_time(consumer, parts, since_ms)
+            async for record in consumer:
+                if record.key is not None and record.key.decode() != document_id:
+                    continue
+                try:
+                    event = codec.decode(record.value)
+                except codec.UndecodableEvent:
+                    continue
+                if event.document_id == document_id:
+                    yield event
+        finally:
+            await consumer.stop()
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+    await consumer._client.force_metadata_update()  # first use: metadata not fetched yet
+    return consumer.partitions_for_topic(topic) or set()
+
+
+async def _seek_to_time(consumer: AIOKafkaConsumer, parts: list[TopicPartition], since_ms: int | None) -> None:
+    if since_ms is None:
+        await consumer.seek_to_beginning(*parts)
+        return
+    found = await consumer.offsets_for_times({tp: max(since_ms - 5_000, 0) for tp in parts})
+    ends = await consumer.end_offsets(parts)
+    for tp in parts:
+        hit = found.get(tp)
+        consumer.seek(tp, hit.offset if hit is not None else ends[tp])
+
+
+def _describe(path: str | Path) -> tuple[Path, int]:
+    """The absolute path and size (0 when missing: the uploader refuses it with a clear reason)."""
+    source = Path(path).absolute()
+    return source, os.path.getsize(source) if os.path.exists(source) else 0
+
+
+def _guess_type(path: Path) -> str:
+    return "application/pdf" if path.suffix.lower() == ".pdf" else "text/plain"
+
+
+def payload_summary(event: Event) -> dict[str, Any]:
+    return {k: v for k, v in event.payload.items() if not isinstance(v, bytes)}

@@ -1,0 +1,72 @@
+"""Every endpoint and tunable in one place, read from environment variables.
+
+Defaults match the native stack that `infra/stack.sh` starts; the same code runs against
+a Kafka cluster, a Milvus server, Neo4j and PostgreSQL elsewhere by setting these variables.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def _stack_dir() -> Path:
+    return Path(_env("UDS3_STACK_DIR", str(REPO_ROOT / ".stack")))
+
+
+@dataclass(frozen=True)
+class Settings:
+    kafka_bootstrap: str = field(
+        default_factory=lambda: _env("UDS3_KAFKA_BOOTSTRAP", f"127.0.0.1:{_env('UDS3_KAFKA_PORT', '19092')}")
+    )
+    pg_host: str = field(default_factory=lambda: _env("UDS3_PG_HOST", "127.0.0.1"))
+    pg_port: int = field(default_factory=lambda: int(_env("UDS3_PG_PORT", "15432")))
+    pg_database: str = field(default_factory=lambda: _env("UDS3_PG_DATABASE", "uds3"))
+    # The admin role creates databases, schemas and the per-service roles (setup only).
+    pg_admin_user: str = field(default_factory=lambda: _env("UDS3_PG_ADMIN_USER", "uds3"))
+    pg_admin_password: str = field(default_factory=lambda: _env("UDS3_PG_ADMIN_PASSWORD", "uds3"))
+    neo4j_uri: str = field(
+        default_factory=lambda: _env("UDS3_NEO4J_URI", f"bolt://127.0.0.1:{_env('UDS3_NEO4J_BOLT_PORT', '17687')}")
+    )
+    neo4j_user: str = field(default_factory=lambda: _env("UDS3_NEO4J_USER", ""))
+    neo4j_password: str = field(default_factory=lambda: _env("UDS3_NEO4J_PASSWORD", ""))
+    milvus_uri: str = field(
+        default_factory=lambda: _env("UDS3_MILVUS_URI", str(_stack_dir() / "data" / "milvus" / "vectors.db"))
+    )
+    milvus_collection: str = field(default_factory=lambda: _env("UDS3_MILVUS_COLLECTION", "uds3_chunks"))
+    chunk_store_dir: Path = field(
+        default_factory=lambda: Path(_env("UDS3_CHUNK_STORE", str(_stack_dir() / "data" / "chunks")))
+    )
+    # Only files under this root may be ingested (no `..` or symlink escapes).
+    allowed_root: Path = field(default_factory=lambda: Path(_env("UDS3_ALLOWED_ROOT", "/")))
+    max_file_bytes: int = field(default_factory=lambda: int(_env("UDS3_MAX_FILE_BYTES", str(4 * 1024**3))))
+    chunk_bytes: int = field(default_factory=lambda: int(_env("UDS3_CHUNK_BYTES", str(5 * 1024 * 1024))))
+    upload_parallelism: int = field(default_factory=lambda: int(_env("UDS3_UPLOAD_PARALLELISM", "2")))
+    text_chunk_chars: int = field(default_factory=lambda: int(_env("UDS3_TEXT_CHUNK_CHARS", "1000")))
+    text_chunk_overlap: int = field(default_factory=lambda: int(_env("UDS3_TEXT_CHUNK_OVERLAP", "100")))
+    embed_batch: int = field(default_factory=lambda: int(_env("UDS3_EMBED_BATCH", "32")))
+    embedder: str = field(default_factory=lambda: _env("UDS3_EMBEDDER", "int8"))
+    model_dir: Path = field(
+        default_factory=lambda: Path(_env("UDS3_MODEL_DIR", str(_stack_dir() / "models" / "all-MiniLM-L6-v2")))
+    )
+    # Transient faults are retried with backoff until this deadline, then the step fails.
+    step_deadline_s: float = field(default_factory=lambda: float(_env("UDS3_STEP_DEADLINE_S", "60")))
+    retry_base_s: float = field(default_factory=lambda: float(_env("UDS3_RETRY_BASE_S", "0.2")))
+    faults: str = field(default_factory=lambda: _env("UDS3_FAULTS", ""))
+
+    def pg_dsn(self, user: str | None = None, password: str | None = None) -> str:
+        user = user or self.pg_admin_user
+        password = password or self.pg_admin_password
+        return f"postgresql://{user}:{password}@{self.pg_host}:{self.pg_port}/{self.pg_database}"
+
+    def service_role(self, service: str) -> tuple[str, str]:
+        """The PostgreSQL role (and password) a service connects with: least privilege."""
+        prefix = _env("UDS3_PG_ROLE_PREFIX", "uds3_")
+        return f"{prefix}{service}", _env(f"UDS3_PG_PASSWORD_{service.upper()}", f"{service}-secret")

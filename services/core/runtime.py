@@ -1,0 +1,377 @@
+"""The shared service runtime: consume, deduplicate, handle, record, relay, commit.
+
+Every service runs the same loop:
+
+1. `getmany` a batch from the events topic (own consumer group, manual commits);
+2. per message: decode (undecodable -> dead-letter topic), skip it if its position is
+   already tracked (a redelivery), hand it to the step in a worker thread, retry transient
+   errors with backoff until the step deadline, turn permanent ones into `<Step>Failed`;
+3. record the step's new events together with the Kafka position in one PostgreSQL
+   transaction (eventsourcing tracking) — the exactly-once point;
+4. relay the recorded events to Kafka (outbox: publish what was recorded, then move the
+   outbox position), then commit the consumer offsets.
+
+A crash anywhere repeats at most the unrecorded part: the tracking check skips recorded
+inputs, the relay republishes recorded-but-unpublished events with their original ids,
+and every handler is idempotent against its own log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.structs import ConsumerRecord
+from eventsourcing.persistence import Tracking
+
+from services.core import codec, logs, topics
+from services.core.config import Settings
+from services.core.errors import PermanentError, StepError, TransientError
+from services.core.events import (
+    COMPENSATION_FAILED,
+    DEAD_LETTER,
+    DOCUMENT_COMPENSATED,
+    STEPS,
+    Event,
+    compensated,
+    failed,
+)
+from services.core.faults import FaultInjector
+from services.core.step import Context, Interrupted, Step
+from services.core.steplog import StepLog, event_of, message_of
+from services.core.store import StepStore, kafka_position
+
+
+def classify(exc: BaseException) -> StepError:
+    """The runtime's safety net; adapters should already raise StepError subclasses."""
+    if isinstance(exc, StepError):
+        return exc
+    transient_names = {
+        "OperationalError",
+        "InterfaceError",
+        "ServiceUnavailable",
+        "SessionExpired",
+        "MilvusUnavailableException",
+        "KafkaConnectionError",
+    }
+    if isinstance(exc, ConnectionError | TimeoutError) or type(exc).__name__ in transient_names:
+        return TransientError(f"{type(exc).__name__}: {exc}")
+    return PermanentError(f"{type(exc).__name__}: {exc}")
+
+
+class ObserveFailed(Exception):
+    """Taking note of an event failed for good: the event goes to the dead-letter topic."""
+
+
+class Relay:
+    """Publishes recorded events to Kafka: the event store is the outbox."""
+
+    def __init__(self, store: StepStore, producer: AIOKafkaProducer) -> None:
+        self.store = store
+        self.producer = producer
+        self.lock = asyncio.Lock()
+
+    async def flush(self) -> int:
+        published = 0
+        async with self.lock:
+            while batch := await asyncio.to_thread(lambda: list(self.store.unpublished())):
+                sends = []
+                for _, message in batch:
+                    if not message:
+                        continue
+                    event = event_of(message)
+                    data = codec.encode(event)
+                    for topic in topics.topics_for(event.event_type):
+                        sends.append(await self.producer.send(topic.name, data, key=event.document_id.encode()))
+                await asyncio.gather(*sends)
+                await asyncio.to_thread(self.store.mark_published, batch[-1][0])
+                published += len(sends)
+        return published
+
+
+@dataclass
+class Outcome:
+    """What handling one message did (for logs and tests)."""
+
+    action: str
+    emitted: int = 0
+
+
+class Runtime:
+    def __init__(self, step: Step, settings: Settings | None = None) -> None:
+        self.step = step
+        self.settings = settings or Settings()
+        self.log = logging.getLogger(step.service)
+        self.faults = FaultInjector(step.service, self.settings.faults)
+        self.ctx = Context(self.settings)
+        self.positions: dict[TopicPartition, int | None] = {}
+        self.group = f"{topics.PREFIX}-{step.service}"  # one consumer group per service
+        self.store: StepStore
+        self.relay: Relay
+        self.loop: asyncio.AbstractEventLoop
+
+    # --- lifecycle -----------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        stop = stop or asyncio.Event()
+        self.loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
+                self.loop.add_signal_handler(sig, stop.set)
+        self.store = await asyncio.to_thread(StepStore, self.step.service, self.settings)
+        await asyncio.to_thread(self.step.start, self.settings)
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.settings.kafka_bootstrap, enable_idempotence=True, acks="all", linger_ms=2
+        )
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap,
+            group_id=self.group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+            max_poll_interval_ms=6 * 3600 * 1000,  # the vector step may embed for a long time
+            session_timeout_ms=30_000,
+            heartbeat_interval_ms=3_000,
+        )
+        await producer.start()
+        self.relay = Relay(self.store, producer)
+        self.ctx.checkpoint = self._checkpoint
+        try:
+            await self.relay.flush()  # what a crashed run recorded but never published
+            consumer.subscribe([topics.EVENTS.name], listener=_ForgetPositions(self.positions))
+            await consumer.start()
+            logs.info(self.log, "started", group=self.group)
+            stopper = asyncio.create_task(stop.wait())
+            while not stop.is_set():
+                fetch = asyncio.create_task(consumer.getmany(timeout_ms=500, max_records=200))
+                await asyncio.wait({fetch, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                if not fetch.done():
+                    fetch.cancel()
+                    break
+                for tp, messages in fetch.result().items():
+                    for message in messages:
+                        if stop.is_set():
+                            break
+                        await self.consume(tp, message, producer)
+                        await consumer.commit({tp: message.offset + 1})
+                    await self.relay.flush()
+        finally:
+            self.ctx.stopping.set()
+            await consumer.stop()
+            await producer.stop()
+            await asyncio.to_thread(self.step.stop)
+            logs.info(self.log, "stopped")
+
+    def _checkpoint(self, log: StepLog) -> None:
+        """Called from a handler's thread: record progress, then let the relay publish it."""
+        self.store.record(log)
+        asyncio.run_coroutine_threadsafe(self.relay.flush(), self.loop)
+
+    # --- one message -----------------------------------------------------------------------
+    async def consume(self, tp: TopicPartition, message: ConsumerRecord, producer: AIOKafkaProducer) -> None:
+        if tp not in self.positions:
+            self.positions[tp] = await asyncio.to_thread(self.store.position, kafka_position(tp.topic, tp.partition))
+        done = self.positions[tp]
+        if done is not None and message.offset + 1 <= done:
+            return  # recorded before: a redelivery changes nothing
+        try:
+            event = codec.decode(message.value)
+        except codec.UndecodableEvent as e:
+            await self.dead_letter(message, str(e), producer)
+            return
+        tracking = Tracking(kafka_position(tp.topic, tp.partition), message.offset + 1)
+        try:
+            outcome = await asyncio.to_thread(self.process, event, tracking)
+        except Interrupted:
+            return
+        except ObserveFailed as e:
+            await self.dead_letter(message, f"{self.step.service} could not take note of it: {e}", producer)
+            return
+        if outcome.action != "ignored":
+            self.positions[tp] = message.offset + 1
+            logs.info(
+                self.log,
+                outcome.action,
+                event=event.event_type,
+                doc=event.document_id,
+                saga=event.saga_id,
+                emitted=outcome.emitted,
+            )
+
+    def process(self, event: Event, tracking: Tracking) -> Outcome:
+        """Decide, act and record, for one decoded event (runs in a worker thread)."""
+        step = self.step
+        forward = event.event_type in step.reacts_to
+        undo = step.next_step is not None and event.event_type in (failed(step.next_step), compensated(step.next_step))
+        if not (forward or undo or event.event_type in step.remembers | step.observes):
+            return Outcome("ignored")
+        deadline = time.monotonic() + self.settings.step_deadline_s
+        attempt = 0
+        while True:
+            log = self.store.step_log(event.document_id)
+            if log.handled(event.event_id):
+                recorded = self.store.record(log, tracking)
+                return Outcome("duplicate" if recorded else "redelivered")
+            before = len(log.emitted)
+            if event.event_type in step.remembers:
+                log.receive(message_of(event))
+            try:
+                if event.event_type in step.observes:
+                    step.observe(event, log, self.ctx)
+                if forward:
+                    self._forward(event, log)
+                elif undo:
+                    self._compensate(event, log)
+            except Interrupted:
+                raise
+            except Exception as raw:
+                err = classify(raw)
+                if not (forward or undo):
+                    raise ObserveFailed(str(err)) from raw
+                if err.retriable and time.monotonic() < deadline:
+                    attempt += 1
+                    delay = min(self.settings.retry_base_s * 2**attempt, 5.0) * (0.5 + random.random())
+                    logs.warn(
+                        self.log,
+                        "transient fault, retrying",
+                        doc=event.document_id,
+                        attempt=attempt,
+                        delay=f"{delay:.2f}s",
+                        error=str(err),
+                    )
+                    time.sleep(delay)
+                    continue
+                log = self.store.step_log(event.document_id)  # drop the failed attempt's pending events
+                if event.event_type in step.remembers and not log.handled(event.event_id):
+                    log.receive(message_of(event))
+                (self._fail_forward if forward else self._fail_undo)(event, log, err)
+            recorded = self.store.record(log, tracking)
+            return Outcome("handled" if recorded else "redelivered", len(log.emitted) - before)
+
+    def _forward(self, event: Event, log: StepLog) -> None:
+        sub = log.submission()
+        self.faults.maybe_fail("forward", event.document_id, _title(sub))
+        self.step.handle(event, log, self.ctx)
+
+    def _fail_forward(self, event: Event, log: StepLog, err: StepError) -> None:
+        """Undo this step's partial work, then start the compensation chain."""
+        logs.error(self.log, "step failed", doc=event.document_id, error=str(err))
+        self._safe_undo(log)
+        reason = str(err)
+        log.emit_event(
+            event.follow(
+                failed(self.step.step),
+                self.step.service,
+                step=self.step.step,
+                reason=reason,
+                retryable=err.retriable,
+                error_type=type(err).__name__,
+            )
+        )
+        if self.step.is_first:
+            log.emit_event(
+                event.follow(DOCUMENT_COMPENSATED, self.step.service, seq=1, failed_step=self.step.step, reason=reason)
+            )
+
+    def _compensate(self, event: Event, log: StepLog) -> None:
+        if log.has_emitted(compensated(self.step.step)) or log.has_emitted(COMPENSATION_FAILED):
+            return
+        failed_step = event.payload.get("failed_step") or event.payload.get("step", "")
+        reason = event.payload.get("reason", "")
+        self.faults.maybe_fail("undo", event.document_id, _title(log.submission()))
+        undone = self.step.undo(log, self.ctx)
+        log.emit_event(
+            event.follow(
+                compensated(self.step.step),
+                self.step.service,
+                step=self.step.step,
+                detail=undone.detail,
+                removed=undone.removed,
+                failed_step=failed_step,
+                reason=reason,
+            )
+        )
+        if self.step.is_first:
+            log.emit_event(
+                event.follow(DOCUMENT_COMPENSATED, self.step.service, seq=1, failed_step=failed_step, reason=reason)
+            )
+
+    def _fail_undo(self, event: Event, log: StepLog, err: StepError) -> None:
+        """A compensation that keeps failing ends the saga in CompensationFailed (terminal)."""
+        failed_step = event.payload.get("failed_step") or event.payload.get("step", "")
+        remaining = [s for s in STEPS[: self.step.index + 1]]
+        logs.error(self.log, "compensation failed", doc=event.document_id, error=str(err))
+        log.emit_event(
+            event.follow(
+                COMPENSATION_FAILED,
+                self.step.service,
+                failed_step=failed_step,
+                remaining=remaining,
+                reason=f"{self.step.step}: {err}",
+            )
+        )
+
+    def _safe_undo(self, log: StepLog) -> object | None:
+        try:
+            return self.step.undo(log, self.ctx)
+        except Exception as e:  # the chain still starts; the audit will name what is left
+            logs.error(self.log, "cleanup after failure failed", doc=log.document_id, error=str(e))
+            return None
+
+    async def dead_letter(self, message: ConsumerRecord, reason: str, producer: AIOKafkaProducer) -> None:
+        key = (message.key or b"").decode("utf-8", "replace") or "unknown"
+        letter = Event(
+            event_type=DEAD_LETTER,
+            document_id=key,
+            saga_id=key,
+            producer=self.step.service,
+            payload={
+                "original": message.value or b"",
+                "topic": message.topic,
+                "partition": message.partition,
+                "offset": message.offset,
+                "error": reason,
+                "consumer_group": self.group,
+            },
+        )
+        await producer.send_and_wait(topics.DEAD_LETTERS.name, codec.encode(letter), key=key.encode())
+        logs.warn(
+            self.log,
+            "dead-lettered",
+            topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
+            error=reason,
+        )
+
+
+class _ForgetPositions(ConsumerRebalanceListener):
+    """After a rebalance another replica may have moved a partition on: reload positions."""
+
+    def __init__(self, positions: dict[TopicPartition, int | None]) -> None:
+        self.positions = positions
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        for tp in revoked:
+            self.positions.pop(tp, None)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        for tp in assigned:
+            self.positions.pop(tp, None)
+
+
+def _title(submission: Event | None) -> str:
+    return str(submission.payload.get("title") or "") if submission else ""
+
+
+def main(make_step: Callable[[], Step]) -> None:
+    """Entry point of `python -m services.<name>`."""
+    step = make_step()
+    logs.configure(step.service)
+    asyncio.run(Runtime(step).run())

@@ -1,0 +1,102 @@
+"""The domain of every service: one `StepLog` aggregate per (service, document).
+
+A service's history for a document is the saga events it received and emitted, in order.
+Its state (what was done, where a long step stopped, which inputs were handled) is a fold
+over that history, so it is rebuilt from the event store alone (guarantees G4, G5).
+This module does no I/O.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator, Mapping
+from datetime import datetime
+from typing import Any
+
+from eventsourcing.domain import Aggregate, event
+
+from services.core.events import NAMESPACE, Event
+
+
+def message_of(e: Event) -> dict[str, Any]:
+    """A JSON-friendly dict of an event, as the event store keeps it."""
+    return {
+        "event_type": e.event_type,
+        "event_id": e.event_id,
+        "document_id": e.document_id,
+        "saga_id": e.saga_id,
+        "causation_id": e.causation_id,
+        "correlation_id": e.correlation_id,
+        "occurred_at": e.occurred_at.isoformat(),
+        "producer": e.producer,
+        "schema_version": e.schema_version,
+        "payload": dict(e.payload),
+    }
+
+
+def event_of(m: Mapping[str, Any]) -> Event:
+    return Event(
+        event_type=m["event_type"],
+        document_id=m["document_id"],
+        saga_id=m["saga_id"],
+        payload=m["payload"],
+        event_id=m["event_id"],
+        causation_id=m["causation_id"],
+        correlation_id=m["correlation_id"],
+        occurred_at=datetime.fromisoformat(m["occurred_at"]),
+        producer=m["producer"],
+        schema_version=m["schema_version"],
+    )
+
+
+class StepLog(Aggregate):
+    """What one service has received and emitted for one document."""
+
+    @staticmethod
+    def create_id(service: str, document_id: str) -> uuid.UUID:
+        return log_id(service, document_id)
+
+    @event("Opened")
+    def __init__(self, service: str, document_id: str) -> None:
+        self.service = service
+        self.document_id = document_id
+        self.received: list[dict[str, Any]] = []
+        self.emitted: list[dict[str, Any]] = []
+
+    @event("Received")
+    def receive(self, message: dict[str, Any]) -> None:
+        """An input worth remembering (e.g. the submission whose metadata a step needs)."""
+        self.received.append(message)
+
+    @event("Emitted")
+    def emit(self, message: dict[str, Any]) -> None:
+        """An output: the relay publishes it to Kafka after it is recorded (outbox)."""
+        self.emitted.append(message)
+
+    # --- queries (pure) --------------------------------------------------------------------
+    def emit_event(self, e: Event) -> None:
+        self.emit(message_of(e))
+
+    def has_emitted(self, event_type: str) -> bool:
+        return any(m["event_type"] == event_type for m in self.emitted)
+
+    def emitted_of(self, event_type: str) -> Iterator[Event]:
+        return (event_of(m) for m in self.emitted if m["event_type"] == event_type)
+
+    def last_emitted(self, event_type: str) -> Event | None:
+        found = [m for m in self.emitted if m["event_type"] == event_type]
+        return event_of(found[-1]) if found else None
+
+    def handled(self, event_id: str) -> bool:
+        """True when some recorded output was caused by this input (an inbox check)."""
+        return any(m["causation_id"] == event_id for m in self.emitted) or any(
+            m["event_id"] == event_id for m in self.received
+        )
+
+    def submission(self) -> Event | None:
+        subs = [m for m in self.received if m["event_type"] == "DocumentSubmitted"]
+        return event_of(subs[0]) if subs else None
+
+
+def log_id(service: str, document_id: str) -> uuid.UUID:
+    return uuid.uuid5(NAMESPACE, f"steplog/{service}/{document_id}")

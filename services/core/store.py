@@ -1,0 +1,103 @@
+"""Each service's event store: an eventsourcing `ProcessApplication` on PostgreSQL.
+
+One schema per service (its own role owns it: least privilege). The application records
+a step's new events and the Kafka position that caused them in one transaction
+(`Tracking("kafka:<topic>:<partition>", offset + 1)`), which is what makes effects
+exactly-once (G3). The outbox relay's published position is a tracking record too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from eventsourcing.application import ProcessingEvent
+from eventsourcing.persistence import IntegrityError, Tracking
+from eventsourcing.system import ProcessApplication
+
+from services.core.config import Settings
+from services.core.steplog import StepLog, log_id
+
+OUTBOX = "outbox"
+
+
+def kafka_position(topic: str, partition: int) -> str:
+    return f"kafka:{topic}:{partition}"
+
+
+def store_env(service: str, settings: Settings, *, admin: bool = False) -> dict[str, str]:
+    user, password = (settings.pg_admin_user, settings.pg_admin_password) if admin else settings.service_role(service)
+    return {
+        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "POSTGRES_DBNAME": settings.pg_database,
+        "POSTGRES_HOST": settings.pg_host,
+        "POSTGRES_PORT": str(settings.pg_port),
+        "POSTGRES_USER": user,
+        "POSTGRES_PASSWORD": password,
+        "POSTGRES_SCHEMA": service,
+        "POSTGRES_POOL_SIZE": "4",
+        "POSTGRES_PRE_PING": "y",
+        "CREATE_TABLE": "n" if admin else "y",
+    }
+
+
+class StepStore(ProcessApplication[uuid.UUID]):
+    """The event store of one service; `name` (the service) names its tables."""
+
+    def __init__(
+        self, service: str, settings: Settings | None = None, *, admin: bool = False, env: dict[str, str] | None = None
+    ) -> None:
+        self.name = service
+        # `env` replaces the PostgreSQL settings, e.g. {"PERSISTENCE_MODULE": "eventsourcing.popo"} in unit tests.
+        super().__init__(env=env if env is not None else store_env(service, settings or Settings(), admin=admin))
+
+    def step_log(self, document_id: str) -> StepLog:
+        """The service's log for a document, opened on first use."""
+        try:
+            found: StepLog = self.repository.get(log_id(self.name, document_id))
+            return found
+        except Exception as e:  # AggregateNotFoundError: the first event for this document
+            if type(e).__name__ != "AggregateNotFoundError":
+                raise
+            return StepLog(self.name, document_id)
+
+    def record(self, log: StepLog, tracking: Tracking | None = None) -> bool:
+        """Records the log's new events (and the position, if given) atomically.
+
+        Returns False when the position was recorded before: a redelivered message, whose
+        effects are already in the store.
+        """
+        processing: ProcessingEvent[uuid.UUID] = ProcessingEvent(tracking)
+        processing.collect_events(log)
+        if not processing.events and tracking is None:
+            return True
+        try:
+            self._record(processing)
+        except IntegrityError:
+            if tracking is not None and self.already_tracked(tracking):
+                return False
+            raise
+        return True
+
+    def already_tracked(self, tracking: Tracking) -> bool:
+        last = self.recorder.max_tracking_id(tracking.application_name)
+        return last is not None and last >= tracking.notification_id
+
+    def position(self, name: str) -> int | None:
+        return self.recorder.max_tracking_id(name)
+
+    def unpublished(self, limit: int = 500) -> Iterator[tuple[int, dict[str, Any]]]:
+        """Emitted messages recorded after the outbox position (the relay's work)."""
+        start = (self.position(OUTBOX) or 0) + 1
+        for n in self.recorder.select_notifications(start=start, limit=limit):
+            if n.topic.endswith("StepLog.Emitted"):
+                domain_event = self.mapper.to_domain_event(n)
+                yield n.id, domain_event.message  # type: ignore[attr-defined]
+            else:
+                yield n.id, {}
+
+    def mark_published(self, notification_id: int) -> None:
+        with contextlib.suppress(IntegrityError):  # another replica or run already moved it further
+            self.recorder.insert_tracking(Tracking(OUTBOX, notification_id))

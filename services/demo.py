@@ -1,0 +1,111 @@
+"""The README's first command: ingest a large mixed PDF end to end, with live progress.
+
+Generates (once, cached in .stack/demo/) a PDF of a few hundred MB: text pages of case-file
+prose and "scanned" pages that are images with no text layer; starts the six services;
+submits the PDF; shows a live bar per step; prints the outcome and the answer to a search.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from fpdf import FPDF
+from PIL import Image
+
+from services.cli.main import follow, show_terminal
+from services.client import Client
+from services.core.config import REPO_ROOT, Settings
+from services.processes import running_detached, start_all, stop_all
+
+KNOWN_PASSAGE = (
+    "The harbour master's ledger records that the steamship Aurora arrived on 3 March 1921 "
+    "carrying forty crates of surveying instruments for the land registry."
+)
+QUERY = "When did the steamship Aurora arrive and what did it carry?"
+WORDS = (
+    "the records office holds case files hearings evidence witness statements archive registers court orders "
+    "appeals ministry permits inspection reports findings decisions land titles boundaries surveys deeds parcels "
+    "testimony clerk registrar tribunal objection notice amendment schedule annex exhibit"
+).split()
+
+
+def generate(path: Path, text_pages: int, scan_pages: int, seed: int = 7) -> Path:
+    """Text pages of ~3,000 characters and noise images (incompressible, like real scans)."""
+    rng = random.Random(seed)
+    noise = np.random.default_rng(seed)
+    pdf = FPDF()
+    pdf.set_font("helvetica", size=8)
+    scan_every = max(text_pages // max(scan_pages, 1), 1)
+    scans = 0
+    for page in range(text_pages):
+        pdf.add_page()
+        words = [rng.choice(WORDS) for _ in range(480)]
+        text = " ".join(words).capitalize() + "."
+        if page == text_pages // 2:
+            text = KNOWN_PASSAGE + " " + text
+        pdf.multi_cell(0, 3.5, text)
+        if page % scan_every == scan_every - 1 and scans < scan_pages:
+            pdf.add_page()
+            pixels = noise.integers(0, 256, size=(1100, 850, 3), dtype=np.uint8)
+            pdf.image(Image.fromarray(pixels), x=10, y=10, w=190)
+            scans += 1
+    tmp = path.with_suffix(".tmp")
+    pdf.output(str(tmp))
+    os.replace(tmp, path)
+    return path
+
+
+async def ingest(path: Path, size: int) -> int:
+    async with Client() as client:
+        sub = await client.submit(path, title="Land registry case files 1920-1925", author="Records Office",
+                                  organisation="Ministry of Lands", case_number="LR-1921-017",
+                                  security_level="restricted")
+        print(f"submitted {path.name} ({size / 1e6:.0f} MB) as {sub.document_id}", flush=True)
+        started = time.monotonic()
+        terminal = await follow(client, sub.document_id, sub.submitted_at_ms)
+        show_terminal(terminal)
+        print(f"end to end: {time.monotonic() - started:.1f} s")
+        return 0 if terminal.event_type == "DocumentCompleted" else 1
+
+
+def search() -> None:
+    from services.vector.adapters import VectorIndex
+    from services.vector.embedding import load_embedder
+
+    s = Settings()
+    index = VectorIndex(s.milvus_uri, s.milvus_collection).open()
+    vector = load_embedder("int8", model_dir=s.model_dir).embed([QUERY])[0]
+    print(f"\nsearch: {QUERY}")
+    for hit in index.search(vector.tolist(), 3):
+        print(f"  {hit['score']:.3f}  page {hit['page']:>4}  {hit['text'][:100]}...")
+    index.close()
+
+
+def main() -> int:
+    text_pages = int(os.environ.get("UDS3_DEMO_TEXT_PAGES", "400"))
+    scan_pages = int(os.environ.get("UDS3_DEMO_SCAN_PAGES", "110"))
+    folder = REPO_ROOT / ".stack" / "demo"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"case-files-{text_pages}t-{scan_pages}s.pdf"
+    if not path.exists():
+        print(f"generating {path.name}: {text_pages} text pages, {scan_pages} scanned pages ...", flush=True)
+        generate(path, text_pages, scan_pages)
+    started = [] if running_detached() else start_all()
+    try:
+        time.sleep(3 if started else 0)  # let the consumers join their groups
+        code = asyncio.run(ingest(path, path.stat().st_size))
+        if code == 0:
+            search()
+        return code
+    finally:
+        stop_all(started)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,4 @@
+from services.core.runtime import main
+from services.graph.step import GraphStep
+
+main(GraphStep)

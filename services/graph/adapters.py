@@ -1,0 +1,177 @@
+"""Neo4j I/O of the graph service: apply a `GraphPlan`, remove a document, read back.
+
+Every write is MERGE-based and runs in one managed transaction, so a repeated apply
+changes nothing and a failed one leaves nothing. Driver errors become TransientError /
+PermanentError in `_translated`, the one boundary.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from neo4j import Driver, GraphDatabase, ManagedTransaction
+from neo4j.exceptions import ConstraintError, DriverError, Neo4jError
+
+from services.core.errors import PermanentError, TransientError
+from services.graph.plan import KEYS, RELATIONS, GraphPlan
+
+# A node's identifying value, whatever its label (each label has exactly one of these).
+_KEY_OF_N = "coalesce(n.id, n.name, n.number)"
+
+
+@dataclass(frozen=True)
+class Removal:
+    relations: int  # relations of the document deleted
+    document: str  # "deleted", "placeholder" (others still reference it) or "absent"
+    orphans: int  # entity / placeholder nodes deleted because nothing relates to them any more
+
+
+@contextmanager
+def _translated(what: str) -> Iterator[None]:
+    try:
+        yield
+    except ConstraintError as e:  # two MERGEs of one new entity raced: the retry finds it
+        raise TransientError(f"graph store, {what}: {e}") from e
+    except (Neo4jError, DriverError) as e:
+        # EntityNotFound: a node this transaction matched was deleted by a concurrent undo
+        if e.is_retryable() or "EntityNotFound" in str(getattr(e, "code", "")):
+            raise TransientError(f"graph store, {what}: {e}") from e
+        raise PermanentError(f"graph store, {what}: {type(e).__name__}: {e}") from e
+    except OSError as e:
+        raise TransientError(f"graph store, {what}: {e}") from e
+
+
+class GraphStore:
+    def __init__(self, uri: str, user: str = "", password: str = "") -> None:
+        self.uri = uri
+        self.auth = (user, password) if user else None
+        self._driver: Driver | None = None
+        self._schema_ready = False
+
+    def open(self) -> None:
+        if self._driver is None:  # creating a driver connects lazily: no I/O here
+            self._driver = GraphDatabase.driver(self.uri, auth=self.auth, max_transaction_retry_time=10,
+                                                connection_acquisition_timeout=10)
+
+    def close(self) -> None:
+        if self._driver is not None:
+            self._driver.close()
+            self._driver = None
+
+    def _session_driver(self) -> Driver:
+        if self._driver is None:
+            raise PermanentError("graph store used before open()")
+        if not self._schema_ready:  # on first use, so a late Neo4j is a retriable error, not a crash
+            for label, key in KEYS.items():
+                self._driver.execute_query(
+                    f"CREATE CONSTRAINT uds3_{label.lower()}_{key} IF NOT EXISTS "
+                    f"FOR (n:{label}) REQUIRE n.{key} IS UNIQUE")
+            self._schema_ready = True
+        return self._driver
+
+    def _write(self, what: str, work: Any, *args: Any) -> Any:
+        with _translated(what):
+            driver = self._session_driver()
+            with driver.session() as session:
+                return session.execute_write(work, *args)
+
+    def _read(self, what: str, work: Any, *args: Any) -> Any:
+        with _translated(what):
+            driver = self._session_driver()
+            with driver.session() as session:
+                return session.execute_read(work, *args)
+
+    # --- writes ------------------------------------------------------------------------------
+    def apply(self, plan: GraphPlan) -> None:
+        self._write("apply plan", _apply, plan)
+
+    def remove(self, document_id: str) -> Removal:
+        result: Removal = self._write("remove document", _remove, document_id)
+        return result
+
+    # --- reads (status, tests) ---------------------------------------------------------------
+    def node(self, label: str, key: str) -> dict[str, Any] | None:
+        def read(tx: ManagedTransaction) -> dict[str, Any] | None:
+            record = tx.run(f"MATCH (n:{_label(label)} {{{KEYS[label]}: $key}}) RETURN properties(n) AS p",
+                            key=key).single()
+            return dict(record["p"]) if record else None
+
+        found: dict[str, Any] | None = self._read("read node", read)
+        return found
+
+    def relations(self, document_id: str) -> set[tuple[str, str, str]]:
+        """The document's outgoing relations as (type, target label, target key)."""
+        def read(tx: ManagedTransaction) -> set[tuple[str, str, str]]:
+            rows = tx.run(f"MATCH (:Document {{id: $id}})-[r]->(n) RETURN type(r) AS t, labels(n)[0] AS l, "
+                          f"{_KEY_OF_N} AS k", id=document_id)
+            return {(row["t"], row["l"], row["k"]) for row in rows}
+
+        found: set[tuple[str, str, str]] = self._read("read relations", read)
+        return found
+
+
+def _label(label: str) -> str:
+    """Labels and relation types are spliced into Cypher: only the known ones are allowed."""
+    if label not in KEYS and label not in RELATIONS:
+        raise PermanentError(f"unknown graph label {label!r}")
+    return label
+
+
+def _apply(tx: ManagedTransaction, plan: GraphPlan) -> None:
+    doc = plan.document
+    tx.run("MERGE (d:Document {id: $id}) SET d += $props", id=doc.key, props=dict(doc.props)).consume()
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for rel in plan.relations:
+        groups[(_label(rel.type), _label(rel.target.label))].append(
+            {"key": rel.target.key, "props": dict(rel.target.props)})
+    for (rel_type, label), targets in groups.items():
+        tx.run(f"MATCH (d:Document {{id: $id}}) UNWIND $targets AS t "
+               f"MERGE (n:{label} {{{KEYS[label]}: t.key}}) ON CREATE SET n += t.props "
+               f"MERGE (d)-[:{rel_type}]->(n)", id=doc.key, targets=targets).consume()
+    # Relations an earlier version of this document had and this plan has not (resubmission
+    # with changed metadata): drop them, and the entities only they used.
+    planned = [[r.type, r.target.label, r.target.key] for r in plan.relations]
+    stale = tx.run(f"MATCH (:Document {{id: $id}})-[r]->(n) WHERE NOT [type(r), labels(n)[0], {_KEY_OF_N}] "
+                   f"IN $planned DELETE r RETURN collect(DISTINCT elementId(n)) AS ids",
+                   id=doc.key, planned=planned).single()
+    if stale and stale["ids"]:
+        _drop_orphans(tx, stale["ids"])
+
+
+def _remove(tx: ManagedTransaction, document_id: str) -> Removal:
+    # Lock the node first: a concurrent ingestion that references it waits for this decision.
+    found = tx.run("MATCH (d:Document {id: $id}) WHERE NOT coalesce(d.placeholder, false) "
+                   "SET d.uds3_lock = true REMOVE d.uds3_lock RETURN d.id AS id", id=document_id).single()
+    if found is None:  # never linked, already removed, or only a placeholder others created
+        return Removal(0, "absent", 0)
+    gone = tx.run("MATCH (:Document {id: $id})-[r]->(n) DELETE r "
+                  "RETURN count(r) AS n, collect(DISTINCT elementId(n)) AS ids", id=document_id).single()
+    assert gone is not None
+    referenced = tx.run("MATCH (d:Document {id: $id}) RETURN EXISTS { (d)<-[:REFERENCES]-() } AS yes",
+                        id=document_id).single()
+    if referenced and referenced["yes"]:
+        # Other documents still point here: keep the node as a bare placeholder, as if this
+        # document had never been ingested (a later ingestion completes it again).
+        tx.run("MATCH (d:Document {id: $id}) SET d = {id: d.id, placeholder: true}", id=document_id).consume()
+    else:
+        tx.run("MATCH (d:Document {id: $id}) DETACH DELETE d", id=document_id).consume()
+    orphans = _drop_orphans(tx, gone["ids"]) if gone["ids"] else 0
+    return Removal(int(gone["n"]), "placeholder" if referenced and referenced["yes"] else "deleted", orphans)
+
+
+def _drop_orphans(tx: ManagedTransaction, element_ids: list[str]) -> int:
+    """Deletes those of the nodes that nothing relates to any more: entities and placeholders.
+
+    The nodes are write-locked before the check, so a concurrent ingestion that links one of
+    them either committed first (the check sees its relation) or waits and then retries.
+    """
+    tx.run("MATCH (n) WHERE elementId(n) IN $ids SET n.uds3_lock = true REMOVE n.uds3_lock",
+           ids=element_ids).consume()
+    record = tx.run("MATCH (n) WHERE elementId(n) IN $ids AND NOT (n)--() "
+                    "AND (NOT n:Document OR coalesce(n.placeholder, false)) "
+                    "DELETE n RETURN count(n) AS n", ids=element_ids).single()
+    return int(record["n"]) if record else 0

@@ -1,0 +1,64 @@
+"""Step 7, graph insert: the document node and its relations to people, organisations,
+cases and the documents it references (see `plan.py` for the mapping).
+
+Forward: build the `GraphPlan` (pure) and apply it in one MERGE-only transaction; emit
+GraphLinked. Undo: delete the document's relations and node (a node other documents
+still reference becomes a placeholder again) and every entity or placeholder node that
+no longer has any relation; entities another document uses are never touched.
+"""
+
+from __future__ import annotations
+
+from services.core.config import Settings
+from services.core.errors import PermanentError
+from services.core.events import DOCUMENT_SUBMITTED, GRAPH_LINKED, SECURITY_RECORDED, VECTORS_INDEXED, Event
+from services.core.step import Context, Step, Undone
+from services.core.steplog import StepLog, event_of
+from services.graph.adapters import GraphStore
+from services.graph.plan import plan_for
+
+
+def last_received(log: StepLog, event_type: str) -> Event | None:
+    found = [m for m in log.received if m["event_type"] == event_type]
+    return event_of(found[-1]) if found else None
+
+
+class GraphStep(Step):
+    service = "graph"
+    step = "Graph"
+    reacts_to = frozenset({VECTORS_INDEXED})
+    remembers = frozenset({DOCUMENT_SUBMITTED, SECURITY_RECORDED, VECTORS_INDEXED})
+
+    def __init__(self, store: GraphStore | None = None) -> None:
+        self.store = store
+
+    def start(self, settings: Settings) -> None:
+        if self.store is None:
+            self.store = GraphStore(settings.neo4j_uri, settings.neo4j_user, settings.neo4j_password)
+        self.store.open()
+
+    def stop(self) -> None:
+        if self.store is not None:
+            self.store.close()
+
+    def _store(self) -> GraphStore:
+        if self.store is None:
+            raise PermanentError("graph step used before start()")
+        return self.store
+
+    def handle(self, event: Event, log: StepLog, ctx: Context) -> None:
+        submission = log.submission()
+        if submission is None:
+            raise PermanentError("no DocumentSubmitted received before VectorsIndexed")
+        plan = plan_for(submission, last_received(log, SECURITY_RECORDED), event)
+        self._store().apply(plan)
+        log.emit_event(event.follow(GRAPH_LINKED, self.service, node_id=plan.document.key,
+                                    relations=len(plan.relations)))
+
+    def undo(self, log: StepLog, ctx: Context) -> Undone:
+        # Reads the graph rather than the log: it removes what is there, whatever got written.
+        removal = self._store().remove(log.document_id)
+        detail = (f"document node {removal.document}, {removal.relations} relations deleted, "
+                  f"{removal.orphans} unused entity/placeholder nodes deleted")
+        removed = removal.relations + removal.orphans + (removal.document != "absent")
+        return Undone(detail, removed)

@@ -1,0 +1,86 @@
+"""The metadata row of a document and its completion facts, from the saga's events (pure)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+from services.core.errors import PermanentError
+from services.core.events import Event
+
+TABLE = "relational.documents"
+COMPLETED = "completed"
+
+
+@dataclass(frozen=True)
+class DocumentRow:
+    document_id: str
+    saga_id: str
+    title: str | None
+    author: str | None
+    organisation: str | None
+    case_number: str | None
+    content_type: str
+    source_uri: str
+    size_bytes: int
+    page_count: int
+    chunk_count: int
+    content_sha256: str
+    security_level: str
+    metadata: Mapping[str, str]
+    status: str
+    submitted_at: datetime
+    completed_at: datetime
+
+    def columns(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _require(facts: Mapping[str, Event | None]) -> dict[str, Event]:
+    missing = sorted(name for name, e in facts.items() if e is None)
+    if missing:
+        raise PermanentError(f"events not received before GraphLinked: {', '.join(missing)}")
+    return {name: e for name, e in facts.items() if e is not None}
+
+
+def document_row(submission: Event | None, upload: Event | None, security: Event | None,
+                 vectors: Event | None, now: datetime) -> DocumentRow:
+    """The row; refuses facts that disagree (G2: every store names the same content)."""
+    f = _require({"DocumentSubmitted": submission, "UploadCompleted": upload,
+                   "SecurityRecorded": security, "VectorsIndexed": vectors})
+    sub, up, sec, vec = (f[k].payload for k in ("DocumentSubmitted", "UploadCompleted",
+                                                 "SecurityRecorded", "VectorsIndexed"))
+    sha = str(sec["content_sha256"])
+    if str(up.get("sha256", sha)).lower() != sha.lower():
+        raise PermanentError(f"content hash disagrees: upload {up.get('sha256')} vs security {sha}")
+    return DocumentRow(
+        document_id=f["DocumentSubmitted"].document_id,
+        saga_id=f["DocumentSubmitted"].saga_id,
+        title=sub.get("title"),
+        author=sub.get("author"),
+        organisation=sub.get("organisation"),
+        case_number=sub.get("case_number"),
+        content_type=str(sub.get("content_type") or "application/octet-stream"),
+        source_uri=str(sub["source_uri"]),
+        size_bytes=int(up.get("size_bytes", sub.get("size_bytes", 0))),  # measured beats declared
+        page_count=int(vec["page_count"]),
+        chunk_count=int(vec["chunk_count"]),  # text chunks = vectors stored (not upload chunks)
+        content_sha256=sha.lower(),
+        security_level=str(sub.get("security_level") or "internal"),
+        metadata={str(k): str(v) for k, v in (sub.get("metadata") or {}).items()},
+        status=COMPLETED,
+        submitted_at=f["DocumentSubmitted"].occurred_at,
+        completed_at=now,
+    )
+
+
+def completion(row: DocumentRow, now: datetime) -> dict[str, Any]:
+    """The DocumentCompleted payload: what landed, and how long the saga took."""
+    return {
+        "content_sha256": row.content_sha256,
+        "chunk_count": row.chunk_count,
+        "page_count": row.page_count,
+        "duration_ms": max(0, int((now - row.submitted_at).total_seconds() * 1000)),
+    }

@@ -1,0 +1,70 @@
+"""Step 8, relational insert (and step 9, finalize): the document's metadata row.
+
+Forward: build the row from the events the service remembers (pure, `row.py`), upsert it
+by document id, emit RelationalRecorded and then DocumentCompleted: this is the saga's
+last step, so its success is the saga's completion. Undo: delete the row.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from services.core.config import Settings
+from services.core.errors import PermanentError
+from services.core.events import (
+    DOCUMENT_COMPLETED,
+    DOCUMENT_SUBMITTED,
+    GRAPH_LINKED,
+    RELATIONAL_RECORDED,
+    SECURITY_RECORDED,
+    UPLOAD_COMPLETED,
+    VECTORS_INDEXED,
+    Event,
+)
+from services.core.step import Context, Step, Undone
+from services.core.steplog import StepLog, event_of
+from services.relational.adapters import DocumentsTable
+from services.relational.row import TABLE, completion, document_row
+
+
+def last_received(log: StepLog, event_type: str) -> Event | None:
+    found = [m for m in log.received if m["event_type"] == event_type]
+    return event_of(found[-1]) if found else None
+
+
+class RelationalStep(Step):
+    service = "relational"
+    step = "Relational"
+    reacts_to = frozenset({GRAPH_LINKED})
+    remembers = frozenset({DOCUMENT_SUBMITTED, UPLOAD_COMPLETED, SECURITY_RECORDED, VECTORS_INDEXED,
+                           GRAPH_LINKED})
+
+    def __init__(self, table: DocumentsTable | None = None) -> None:
+        self.table = table
+
+    def start(self, settings: Settings) -> None:
+        if self.table is None:
+            self.table = DocumentsTable(settings.pg_dsn(*settings.service_role(self.service)))
+        self.table.open()
+
+    def stop(self) -> None:
+        if self.table is not None:
+            self.table.close()
+
+    def _table(self) -> DocumentsTable:
+        if self.table is None:
+            raise PermanentError("relational step used before start()")
+        return self.table
+
+    def handle(self, event: Event, log: StepLog, ctx: Context) -> None:
+        now = datetime.now(UTC)
+        row = document_row(log.submission(), last_received(log, UPLOAD_COMPLETED),
+                           last_received(log, SECURITY_RECORDED), last_received(log, VECTORS_INDEXED), now)
+        self._table().upsert(row)
+        log.emit_event(event.follow(RELATIONAL_RECORDED, self.service, table=TABLE, row_id=row.document_id))
+        # seq=1: a second event caused by the same input still gets its own deterministic id
+        log.emit_event(event.follow(DOCUMENT_COMPLETED, self.service, seq=1, **completion(row, now)))
+
+    def undo(self, log: StepLog, ctx: Context) -> Undone:
+        removed = self._table().delete(log.document_id)
+        return Undone(f"{removed} row deleted from {TABLE}", removed)

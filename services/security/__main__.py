@@ -1,0 +1,4 @@
+from services.core.runtime import main
+from services.security.step import SecurityStep
+
+main(SecurityStep)

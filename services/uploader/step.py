@@ -1,0 +1,179 @@
+"""Steps 1-3: validate the file, start the operation, upload it in chunks (resumable)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+from services.core.chunkstore import ChunkRef, ChunkStore
+from services.core.config import Settings
+from services.core.events import (
+    CHUNK_STORED,
+    DOCUMENT_SUBMITTED,
+    NAMESPACE,
+    UPLOAD_COMPLETED,
+    UPLOAD_PROGRESSED,
+    UPLOAD_STARTED,
+    Event,
+)
+from services.core.step import Context, Step, Undone
+from services.core.steplog import StepLog
+from services.uploader.validation import validate
+
+PROGRESS_EVERY_S = 0.5
+
+logger = logging.getLogger("uploader")
+
+
+class UploaderStep(Step):
+    service = "uploader"
+    step = "Upload"
+    reacts_to = frozenset({DOCUMENT_SUBMITTED})
+
+    def start(self, settings: Settings) -> None:
+        self.chunks = ChunkStore(settings.chunk_store_dir)
+
+    def handle(self, event: Event, log: StepLog, ctx: Context) -> None:
+        first = log.submission()
+        if first is not None and first.event_id != event.event_id:
+            # Idempotent by document id: a second submission of the same document is not ingested twice.
+            logger.warning("duplicate submission ignored doc=%s first_saga=%s", event.document_id, first.saga_id)
+            return
+        if log.has_emitted(UPLOAD_COMPLETED):
+            return
+        p = event.payload
+        valid = validate(p["source_uri"], ctx.settings.allowed_root, ctx.settings.max_file_bytes)
+        chunk_size = ctx.settings.chunk_bytes
+        total_chunks = -(-valid.size // chunk_size)
+        operation_id = str(uuid.uuid5(NAMESPACE, f"upload/{event.document_id}/{event.saga_id}"))
+        if not log.has_emitted(UPLOAD_STARTED):
+            log.emit_event(
+                event.follow(
+                    UPLOAD_STARTED,
+                    self.service,
+                    operation_id=operation_id,
+                    chunk_size=chunk_size,
+                    total_bytes=valid.size,
+                    total_chunks=total_chunks,
+                )
+            )
+            ctx.checkpoint(log)
+        stored = {c.payload["index"]: c for c in log.emitted_of(CHUNK_STORED)}
+        refs, sha = self._upload(event, log, ctx, valid.path, valid.size, chunk_size, operation_id, stored)
+        manifest = self.chunks.write_manifest(event.document_id, refs, sha, valid.size)
+        log.emit_event(
+            event.follow(
+                UPLOAD_COMPLETED,
+                self.service,
+                operation_id=operation_id,
+                manifest_uri=manifest,
+                sha256=sha,
+                size_bytes=valid.size,
+                chunk_count=len(refs),
+            )
+        )
+
+    def _upload(
+        self,
+        event: Event,
+        log: StepLog,
+        ctx: Context,
+        path: Path,
+        size: int,
+        chunk_size: int,
+        operation_id: str,
+        stored: dict[int, Event],
+    ) -> tuple[list[ChunkRef], str]:
+        """Reads the file once in order (whole-file hash), writes missing chunks in parallel.
+
+        At most `upload_parallelism` chunks are in flight, so memory stays flat and a crash
+        redoes at most those: every finished chunk is checkpointed as ChunkStored.
+        """
+        whole = hashlib.sha256()
+        refs = [ChunkRef(i, e.payload["offset"], e.payload["length"], e.payload["sha256"]) for i, e in stored.items()]
+        pending: list[tuple[int, int, int, Future[str]]] = []
+        reporter = _Progress(event, log, size, self.service)
+        done_bytes = sum(r.length for r in refs)
+        with open(path, "rb") as f, ThreadPoolExecutor(ctx.settings.upload_parallelism) as pool:
+            for index in range(-(-size // chunk_size)):
+                ctx.check_stop()
+                offset = index * chunk_size
+                data = f.read(chunk_size)
+                whole.update(data)
+                if index in stored:
+                    continue
+                pending.append((index, offset, len(data), pool.submit(self.chunks.put, event.document_id, index, data)))
+                while len(pending) >= ctx.settings.upload_parallelism:
+                    done_bytes += self._finish(pending.pop(0), event, log, ctx, operation_id, refs)
+                    reporter.maybe_report(done_bytes)
+            while pending:
+                done_bytes += self._finish(pending.pop(0), event, log, ctx, operation_id, refs)
+                reporter.maybe_report(done_bytes)
+        return refs, whole.hexdigest()
+
+    def _finish(
+        self,
+        item: tuple[int, int, int, Future[str]],
+        event: Event,
+        log: StepLog,
+        ctx: Context,
+        operation_id: str,
+        refs: list[ChunkRef],
+    ) -> int:
+        index, offset, length, future = item
+        sha = future.result()
+        refs.append(ChunkRef(index, offset, length, sha))
+        log.emit_event(
+            event.follow(
+                CHUNK_STORED,
+                self.service,
+                seq=index,
+                operation_id=operation_id,
+                index=index,
+                offset=offset,
+                length=length,
+                sha256=sha,
+            )
+        )
+        ctx.checkpoint(log)
+        return length
+
+    def undo(self, log: StepLog, ctx: Context) -> Undone:
+        removed = ChunkStore(ctx.settings.chunk_store_dir).delete(log.document_id)
+        return Undone(f"deleted {removed} stored chunks", removed)
+
+
+class _Progress:
+    """UploadProgressed at most twice a second: enough for a live bar, little for Kafka."""
+
+    def __init__(self, event: Event, log: StepLog, total: int, producer: str) -> None:
+        self.event, self.log, self.total, self.producer = event, log, total, producer
+        self.started = self.last = time.monotonic()
+        self.seq = sum(1 for _ in log.emitted_of(UPLOAD_PROGRESSED))  # ids stay unique across resumes
+        self.first_bytes: int | None = None
+
+    def maybe_report(self, done: int) -> None:
+        now = time.monotonic()
+        if self.first_bytes is None:
+            self.first_bytes = done
+        if now - self.last < PROGRESS_EVERY_S and done < self.total:
+            return
+        self.last = now
+        rate = (done - self.first_bytes) / max(now - self.started, 1e-6)
+        self.seq += 1
+        self.log.emit_event(
+            self.event.follow(
+                UPLOAD_PROGRESSED,
+                self.producer,
+                seq=self.seq,
+                bytes_done=done,
+                bytes_total=self.total,
+                percent=100.0 * done / self.total,
+                bytes_per_second=rate,
+                eta_seconds=(self.total - done) / rate if rate > 0 else None,
+            )
+        )

@@ -1,0 +1,70 @@
+"""Checks a file before anything is written. Each refusal says what a person can do about it."""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from services.core.errors import PermanentError
+
+PDF = "application/pdf"
+TEXT = "text/plain"
+
+
+class Refused(PermanentError):
+    """The file cannot be ingested as submitted."""
+
+
+@dataclass(frozen=True)
+class ValidFile:
+    path: Path
+    size: int
+    content_type: str
+
+
+def path_of(source_uri: str) -> Path:
+    parsed = urlparse(source_uri)
+    if parsed.scheme not in ("", "file"):
+        raise Refused(f"unsupported location {source_uri!r}: only local files (file://) can be ingested")
+    return Path(unquote(parsed.path) if parsed.scheme else source_uri)
+
+
+def validate(source_uri: str, allowed_root: Path, max_bytes: int) -> ValidFile:
+    raw = path_of(source_uri)
+    if not raw.is_absolute():
+        raise Refused(f"{raw}: give an absolute path")
+    if not os.path.lexists(raw):
+        raise Refused(f"{raw}: no such file")
+    real = raw.resolve()  # follows symlinks and `..`, so the root check sees the real place
+    root = allowed_root.resolve()
+    if not real.is_relative_to(root):
+        raise Refused(f"{raw}: outside the allowed root {root} (resolves to {real})")
+    st = real.stat()
+    if not stat.S_ISREG(st.st_mode):
+        raise Refused(f"{raw}: not a regular file")
+    if not os.access(real, os.R_OK):
+        raise Refused(f"{raw}: not readable by the uploader (check its permissions)")
+    if st.st_size == 0:
+        raise Refused(f"{raw}: the file is empty")
+    if st.st_size > max_bytes:
+        raise Refused(f"{raw}: {st.st_size} bytes is over the limit of {max_bytes} (UDS3_MAX_FILE_BYTES)")
+    with open(real, "rb") as f:
+        head = f.read(8192)
+    return ValidFile(real, st.st_size, sniff(head, raw))
+
+
+def sniff(head: bytes, path: Path) -> str:
+    """The content type from the magic bytes, never from the file name."""
+    if head.startswith(b"%PDF-"):
+        return PDF
+    if b"\x00" not in head:
+        try:
+            head.decode("utf-8")
+            return TEXT
+        except UnicodeDecodeError as e:
+            if e.start >= len(head) - 4:  # a multi-byte character cut at the edge of the sample
+                return TEXT
+    raise Refused(f"{path}: not a PDF or UTF-8 text file (unrecognised content)")

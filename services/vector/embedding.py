@@ -1,0 +1,208 @@
+"""Text embedding backends for all-MiniLM-L6-v2 (384-d, mean pooled, L2 normalised).
+
+* ``OnnxEmbedder`` - onnxruntime + tokenizers on the graphs built by ``model_setup``;
+  the int8 graph is the production default, the fp32 graph is the accuracy reference.
+* ``NumpyReferenceEmbedder`` - plain numpy BERT forward pass straight from the safetensors
+  weights; independent of the ONNX graph construction, slow, only used to validate the graphs.
+
+Nothing here downloads anything: the model must have been prepared by
+``python -m services.vector.model_setup`` (``load_embedder`` builds it if missing).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal, Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+from tokenizers import Tokenizer
+
+from services.vector import model_setup
+
+DIM = model_setup.HIDDEN
+MAX_TOKENS = model_setup.MAX_TOKENS
+# One text per session run by default. Dynamic int8 quantisation picks one activation scale per
+# tensor per run, so in a batch a vector would depend (slightly) on its neighbours; alone, a
+# vector is a pure function of its text (replays give identical vectors). A ~250-token chunk
+# already fills the GEMMs: on 2 cores batching gains <5% for int8 (~10% for fp32), while
+# onnxruntime's activation arena grows with the batch (~180 MB at 16, ~360 MB at 32).
+DEFAULT_BATCH_SIZE = 1
+
+Vectors = npt.NDArray[np.float32]
+EmbedderKind = Literal["int8", "fp32", "numpy"]
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    name: str
+    dim: int
+
+    def embed(self, texts: list[str]) -> Vectors:
+        """Return float32 [len(texts), dim], each row L2-normalised, in input order."""
+        ...
+
+
+def load_tokenizer(path: Path | str) -> Tokenizer:
+    """The shipped tokenizer.json pads and truncates at 128: truncate at 256, pad to longest."""
+    tokenizer = Tokenizer.from_file(str(path))
+    tokenizer.enable_truncation(max_length=MAX_TOKENS)
+    tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")  # no length => pad to longest in batch
+    return tokenizer
+
+
+def _encode(tokenizer: Tokenizer, texts: list[str]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    encodings = tokenizer.encode_batch(texts)
+    ids = np.array([e.ids for e in encodings], dtype=np.int64)
+    mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+    return ids, mask
+
+
+def _batched(texts: list[str], batch_size: int, run: _BatchFn) -> Vectors:
+    """Embed in batches of similar length (less padding), returning rows in input order."""
+    out = np.zeros((len(texts), DIM), dtype=np.float32)
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        out[idx] = run([texts[i] for i in idx])
+    return out
+
+
+class _BatchFn(Protocol):
+    def __call__(self, texts: list[str], /) -> Vectors: ...
+
+
+class OnnxEmbedder:
+    """all-MiniLM-L6-v2 on onnxruntime (CPU)."""
+
+    dim: int = DIM
+
+    def __init__(
+        self,
+        path: Path | str,
+        threads: int | None = None,
+        tokenizer_path: Path | str | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        self.name = f"all-MiniLM-L6-v2/{self.path.stem}"
+        self.batch_size = batch_size
+        self.threads = threads or os.cpu_count() or 1
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self._session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        self._tokenizer = load_tokenizer(tokenizer_path or self.path.parent / model_setup.TOKENIZER_FILE)
+
+    def _run(self, texts: list[str]) -> Vectors:
+        ids, mask = _encode(self._tokenizer, texts)
+        (vectors,) = self._session.run(["embeddings"], {"input_ids": ids, "attention_mask": mask})
+        return np.asarray(vectors, dtype=np.float32)
+
+    def embed(self, texts: list[str]) -> Vectors:
+        return _batched(texts, self.batch_size, self._run)
+
+
+# --------------------------------------------------------------------------- numpy reference
+
+
+def _erf(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    # Abramowitz & Stegun 7.1.26, |error| < 1.5e-7 - plenty for a reference in float64.
+    sign = np.sign(x)
+    a = np.abs(x)
+    t = 1.0 / (1.0 + 0.3275911 * a)
+    poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
+    return sign * (1.0 - poly * np.exp(-a * a))
+
+
+def _layer_norm(
+    x: npt.NDArray[np.float64], gamma: npt.NDArray[np.float64], beta: npt.NDArray[np.float64]
+) -> npt.NDArray[np.float64]:
+    mean = x.mean(axis=-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
+    return (x - mean) / np.sqrt(var + model_setup.LAYER_NORM_EPS) * gamma + beta
+
+
+class NumpyReferenceEmbedder:
+    """Straightforward float64 BERT forward pass, following HF BertModel + sentence-transformers
+    mean pooling + Normalize. Slow; for tests only."""
+
+    dim: int = DIM
+    name = "all-MiniLM-L6-v2/numpy-reference"
+
+    def __init__(
+        self, weights_path: Path | str | None = None, tokenizer_path: Path | str | None = None
+    ) -> None:
+        if weights_path is None or tokenizer_path is None:
+            src_weights, src_tokenizer = model_setup.verified_sources()
+            weights_path = weights_path or src_weights
+            tokenizer_path = tokenizer_path or src_tokenizer
+        from safetensors.numpy import load_file
+
+        raw = load_file(str(weights_path))
+        self._w = {k.removeprefix("bert."): v.astype(np.float64) for k, v in raw.items()}
+        self._tokenizer = load_tokenizer(tokenizer_path)
+
+    def _linear(self, x: npt.NDArray[np.float64], name: str) -> npt.NDArray[np.float64]:
+        return x @ self._w[name + ".weight"].T + self._w[name + ".bias"]
+
+    def _run(self, texts: list[str]) -> Vectors:
+        w = self._w
+        ids, mask = _encode(self._tokenizer, texts)
+        batch, seq = ids.shape
+        heads, head_dim = model_setup.HEADS, DIM // model_setup.HEADS
+        x = (
+            w["embeddings.word_embeddings.weight"][ids]
+            + w["embeddings.position_embeddings.weight"][np.arange(seq)][None]
+            + w["embeddings.token_type_embeddings.weight"][np.zeros_like(ids)]
+        )
+        x = _layer_norm(x, w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"])
+        # HF extended attention mask: large negative on padding keys.
+        key_bias = (1.0 - mask[:, None, None, :].astype(np.float64)) * np.finfo(np.float32).min
+        for i in range(model_setup.LAYERS):
+            p = f"encoder.layer.{i}."
+
+            def split(t: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+                return t.reshape(batch, seq, heads, head_dim).transpose(0, 2, 1, 3)
+
+            q = split(self._linear(x, p + "attention.self.query"))
+            k = split(self._linear(x, p + "attention.self.key"))
+            v = split(self._linear(x, p + "attention.self.value"))
+            scores = q @ k.transpose(0, 1, 3, 2) / np.sqrt(head_dim) + key_bias
+            scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
+            probs = scores / scores.sum(axis=-1, keepdims=True)
+            ctx = (probs @ v).transpose(0, 2, 1, 3).reshape(batch, seq, DIM)
+            attn = self._linear(ctx, p + "attention.output.dense")
+            x = _layer_norm(
+                attn + x, w[p + "attention.output.LayerNorm.weight"], w[p + "attention.output.LayerNorm.bias"]
+            )
+            h = self._linear(x, p + "intermediate.dense")
+            h = 0.5 * h * (1.0 + _erf(h / np.sqrt(2.0)))
+            h = self._linear(h, p + "output.dense")
+            x = _layer_norm(h + x, w[p + "output.LayerNorm.weight"], w[p + "output.LayerNorm.bias"])
+        m = mask[:, :, None].astype(np.float64)
+        pooled = (x * m).sum(axis=1) / np.clip(m.sum(axis=1), 1e-9, None)
+        pooled /= np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
+        return pooled.astype(np.float32)
+
+    def embed(self, texts: list[str]) -> Vectors:
+        return _batched(texts, 8, self._run)
+
+
+def load_embedder(
+    kind: EmbedderKind = "int8", threads: int | None = None, model_dir: Path | str | None = None
+) -> Embedder:
+    """Factory. ``int8`` (default, production), ``fp32`` (ONNX reference) or ``numpy`` (slow
+    reference). ONNX kinds build the model cache (``model_setup.build``) if it is missing."""
+    if kind == "numpy":
+        return NumpyReferenceEmbedder()
+    if kind not in ("int8", "fp32"):
+        raise ValueError(f"unknown embedder kind {kind!r}")
+    files = model_setup.model_files(Path(model_dir) if model_dir is not None else None)
+    if not (files.manifest.is_file() and files.fp32.is_file() and files.int8.is_file()):
+        files = model_setup.build(files.directory)
+    return OnnxEmbedder(files.int8 if kind == "int8" else files.fp32, threads=threads)

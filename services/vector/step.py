@@ -1,0 +1,180 @@
+"""Step 6: stream text out of the stored document, chunk it, embed it in batches, upsert to Milvus.
+
+Extraction runs in its own thread ahead of the embedder (bounded queue), so the pipeline
+costs little more than the model itself. Each batch is a checkpoint (VectorsProgressed):
+after a crash the step skips the chunks already upserted and redoes at most one batch.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from services.core.chunkstore import ChunkStore
+from services.core.config import Settings
+from services.core.errors import PermanentError
+from services.core.events import SECURITY_RECORDED, VECTORS_INDEXED, VECTORS_PROGRESSED, Event
+from services.core.step import Context, Step, Undone
+from services.core.steplog import StepLog
+from services.vector.adapters import TEXT_MAX, VectorIndex, chunk_key
+from services.vector.embedding import Embedder, load_embedder
+from services.vector.text import Chunk, UnreadableDocument, chunk_pages, iter_pdf_pages, iter_text_blocks
+
+_END = object()
+
+
+class VectorStep(Step):
+    service = "vector"
+    step = "Vectors"
+    reacts_to = frozenset({SECURITY_RECORDED})
+
+    def start(self, settings: Settings) -> None:
+        self.chunks = ChunkStore(settings.chunk_store_dir)
+        self.vectors = VectorIndex(settings.milvus_uri, settings.milvus_collection).open(serve=True)
+        self.embedder: Embedder = load_embedder(settings.embedder, model_dir=settings.model_dir)  # type: ignore[arg-type]
+
+    def stop(self) -> None:
+        if hasattr(self, "vectors"):
+            self.vectors.close()
+
+    def handle(self, event: Event, log: StepLog, ctx: Context) -> None:
+        if log.has_emitted(VECTORS_INDEXED):
+            return
+        # The stored bytes decide the format (as the uploader's validation did), not the file name.
+        with self.chunks.open(event.document_id) as f:
+            is_pdf = f.read(5) == b"%PDF-"
+        last = log.last_emitted(VECTORS_PROGRESSED)
+        done = last.payload["chunks_done"] if last else 0
+        batch_no = last.payload["batch"] if last else 0
+        stats = _Stats()
+        started = time.monotonic()
+        chunks = self._chunks(event.document_id, is_pdf, stats, ctx.settings)
+        for batch in _batches(chunks, ctx.settings.embed_batch, ctx):
+            if batch[-1].index < done:
+                continue  # upserted before the crash
+            batch = [c for c in batch if c.index >= done]
+            vectors = self.embedder.embed([c.text for c in batch])
+            self.vectors.upsert([_row(event.document_id, c, v) for c, v in zip(batch, vectors, strict=True)])
+            done = batch[-1].index + 1
+            batch_no += 1
+            elapsed = max(time.monotonic() - started, 1e-6)
+            log.emit_event(
+                event.follow(
+                    VECTORS_PROGRESSED,
+                    self.service,
+                    seq=batch_no,
+                    pages_done=stats.pages,
+                    pages_total=stats.pages_total,
+                    chunks_done=done,
+                    chunks_per_second=stats.embedded(len(batch)) / elapsed,
+                    batch=batch_no,
+                )
+            )
+            ctx.checkpoint(log)
+        log.emit_event(
+            event.follow(
+                VECTORS_INDEXED,
+                self.service,
+                collection=self.vectors.collection,
+                chunk_count=done,
+                page_count=stats.pages,
+                pages_without_text=stats.pages_without_text,
+                embedding_model=self.embedder.name,
+            )
+        )
+
+    def _chunks(self, document_id: str, is_pdf: bool, stats: _Stats, settings: Settings) -> Iterator[Chunk]:
+        def opener() -> Any:
+            return self.chunks.open(document_id)
+
+        pages = iter_pdf_pages(opener) if is_pdf else _text_pages(opener())
+        return chunk_pages(stats.count(pages), size=settings.text_chunk_chars, overlap=settings.text_chunk_overlap)
+
+    def undo(self, log: StepLog, ctx: Context) -> Undone:
+        removed = self.vectors.delete_document(log.document_id)
+        return Undone(f"deleted {removed} vectors", removed)
+
+
+def _text_pages(stream: Any) -> Iterator[Any]:
+    with stream:
+        yield from iter_text_blocks(stream)
+
+
+class _Stats:
+    """Counts pages as they stream past (for progress and the final event)."""
+
+    def __init__(self) -> None:
+        self.pages = 0
+        self.pages_total = 0
+        self.pages_without_text = 0
+        self.chunks = 0
+
+    def count(self, pages: Iterator[Any]) -> Iterator[Any]:
+        for page in pages:
+            self.pages += 1
+            self.pages_total = max(self.pages_total, getattr(page, "total", 0) or self.pages)
+            if not page.has_text:
+                self.pages_without_text += 1
+            yield page
+
+    def embedded(self, n: int) -> int:
+        self.chunks += n
+        return self.chunks
+
+
+def _batches(chunks: Iterator[Chunk], size: int, ctx: Context) -> Iterator[list[Chunk]]:
+    """Batches of chunks, extracted by a thread running ahead (bounded: memory stays flat)."""
+    q: queue.Queue[Any] = queue.Queue(maxsize=4)
+    abandoned = threading.Event()
+
+    def put(item: Any) -> None:
+        while not abandoned.is_set():
+            try:
+                return q.put(item, timeout=0.2)
+            except queue.Full:
+                continue
+
+    def produce() -> None:
+        batch: list[Chunk] = []
+        try:
+            for c in chunks:
+                batch.append(c)
+                if len(batch) == size:
+                    put(batch)
+                    batch = []
+                if abandoned.is_set():
+                    return
+            if batch:
+                put(batch)
+            put(_END)
+        except UnreadableDocument as e:
+            put(PermanentError(str(e)))
+        except Exception as e:
+            put(e)
+
+    threading.Thread(target=produce, daemon=True, name="extract").start()
+    try:
+        while True:
+            ctx.check_stop()
+            item = q.get()
+            if item is _END:
+                return
+            if isinstance(item, Exception):
+                raise item
+            yield item
+    finally:
+        abandoned.set()  # the consumer stopped early (failure, stop): let the extractor end
+
+
+def _row(document_id: str, chunk: Chunk, vector: Any) -> dict[str, Any]:
+    return {
+        "id": chunk_key(document_id, chunk.index),
+        "document_id": document_id,
+        "page": chunk.page,
+        "chunk": chunk.index,
+        "text": chunk.text[:TEXT_MAX],
+        "vector": vector.tolist(),
+    }

@@ -1,0 +1,4 @@
+from services.core.runtime import main
+from services.verifier.step import VerifierStep
+
+main(VerifierStep)

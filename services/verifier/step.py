@@ -1,0 +1,59 @@
+"""Step 4: re-read the stored chunks as a stream and check every hash (read only)."""
+
+from __future__ import annotations
+
+import hashlib
+
+from services.core.chunkstore import ChunkStore
+from services.core.config import Settings
+from services.core.errors import PermanentError
+from services.core.events import DOCUMENT_SUBMITTED, INTEGRITY_VERIFIED, UPLOAD_COMPLETED, Event
+from services.core.step import Context, Step, Undone
+from services.core.steplog import StepLog
+
+
+class IntegrityMismatch(PermanentError):
+    pass
+
+
+class VerifierStep(Step):
+    service = "verifier"
+    step = "Integrity"
+    reacts_to = frozenset({UPLOAD_COMPLETED})
+    remembers = frozenset({DOCUMENT_SUBMITTED})
+
+    def start(self, settings: Settings) -> None:
+        self.chunks = ChunkStore(settings.chunk_store_dir)
+
+    def handle(self, event: Event, log: StepLog, ctx: Context) -> None:
+        if log.has_emitted(INTEGRITY_VERIFIED):
+            return
+        streamed = event.payload["sha256"]
+        sub = log.submission()
+        declared = sub.payload.get("declared_sha256") if sub else None
+        if declared and declared.lower() != streamed:
+            raise IntegrityMismatch(f"declared sha256 {declared} does not match the uploaded content {streamed}")
+        whole = hashlib.sha256()
+        size = 0
+        refs = self.chunks.manifest(event.document_id)
+        if len(refs) != event.payload["chunk_count"]:
+            reported = event.payload["chunk_count"]
+            raise IntegrityMismatch(f"manifest lists {len(refs)} chunks, the upload reported {reported}")
+        for ref in refs:
+            ctx.check_stop()
+            try:
+                data = self.chunks.get(event.document_id, ref.index)
+            except FileNotFoundError as e:
+                raise IntegrityMismatch(f"chunk {ref.index} is missing from the chunk store") from e
+            if hashlib.sha256(data).hexdigest() != ref.sha256 or len(data) != ref.length:
+                raise IntegrityMismatch(f"chunk {ref.index} is corrupted (its sha256 changed after upload)")
+            whole.update(data)
+            size += len(data)
+        if whole.hexdigest() != streamed:
+            raise IntegrityMismatch(f"whole-file sha256 {whole.hexdigest()} differs from the upload's {streamed}")
+        log.emit_event(
+            event.follow(INTEGRITY_VERIFIED, self.service, sha256=streamed, chunks_checked=len(refs), size_bytes=size)
+        )
+
+    def undo(self, log: StepLog, ctx: Context) -> Undone:
+        return Undone("nothing to undo: verification only reads")

@@ -1,0 +1,53 @@
+"""What each store holds for a document, read directly from the real stores (for G2 checks)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psycopg
+from neo4j import GraphDatabase
+
+from services.core.chunkstore import ChunkStore
+from services.core.config import Settings
+from services.vector.adapters import VectorIndex
+
+
+@dataclass(frozen=True)
+class Footprint:
+    chunks: int
+    vectors: int
+    graph_nodes: int
+    relational_rows: int
+    security_records: int
+
+    @property
+    def empty(self) -> bool:
+        return not any((self.chunks, self.vectors, self.graph_nodes, self.relational_rows, self.security_records))
+
+
+def footprint(document_id: str, settings: Settings | None = None) -> Footprint:
+    s = settings or Settings()
+    index = VectorIndex(s.milvus_uri, s.milvus_collection).open()
+    try:
+        vectors = index.count(document_id)
+    finally:
+        index.close()
+    auth = (s.neo4j_user, s.neo4j_password) if s.neo4j_user else None
+    with GraphDatabase.driver(s.neo4j_uri, auth=auth) as driver:
+        nodes = driver.execute_query(
+            "MATCH (d:Document {id: $id}) WHERE NOT coalesce(d.placeholder, false) RETURN count(d) AS n", id=document_id
+        ).records[0]["n"]
+    with psycopg.connect(s.pg_dsn()) as conn:
+        rows = conn.execute(
+            "SELECT count(*) FROM relational.documents WHERE document_id = %s", (document_id,)
+        ).fetchone()
+        records = conn.execute(
+            "SELECT count(*) FROM security.identities WHERE document_id = %s", (document_id,)
+        ).fetchone()
+    return Footprint(
+        ChunkStore(s.chunk_store_dir).chunk_count(document_id),
+        vectors,
+        nodes,
+        rows[0] if rows else 0,
+        records[0] if records else 0,
+    )

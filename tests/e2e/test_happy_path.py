@@ -1,0 +1,129 @@
+"""Guarantees G1/G2/G3 on the happy path: six service processes, real Kafka and stores."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from services.client import Client, Submission
+from services.core import topics
+from services.core.config import Settings
+from services.core.provision import SERVICES
+from services.core.saga import SagaReader
+from tests.documents import paragraph, pdf_file, text_file
+from tests.e2e.conftest import Services
+from tests.e2e.stores import footprint
+
+pytestmark = pytest.mark.stack
+
+
+async def submit_and_wait(client: Client, paths: list[Path], timeout: float = 240) -> dict[str, tuple[Submission, Any]]:
+    subs = [await client.submit(p, title=p.stem, author="A. Clerk", case_number="C-1") for p in paths]
+    outcomes = await asyncio.wait_for(
+        asyncio.gather(*(client.wait(s.document_id, s.submitted_at_ms) for s in subs)), timeout
+    )
+    return {s.document_id: (s, o) for s, o in zip(subs, outcomes, strict=True)}
+
+
+def make_documents(folder: Path, n: int) -> list[Path]:
+    paths = []
+    for i in range(n):
+        if i % 2:
+            paths.append(pdf_file(folder, f"doc{i}.pdf", [paragraph(i * 10 + p, 1500) for p in range(3)]))
+        else:
+            paths.append(text_file(folder, f"doc{i}.txt", paragraph(i, 200)))
+    return paths
+
+
+async def count_messages(settings: Settings) -> int:
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+    await consumer.start()
+    try:
+        parts = [
+            TopicPartition(t.name, p)
+            for t in (topics.EVENTS, topics.COMPLETIONS)
+            for p in consumer.partitions_for_topic(t.name) or range(t.partitions)
+        ]
+        ends = await consumer.end_offsets(parts)
+        return sum(ends.values())
+    finally:
+        await consumer.stop()
+
+
+async def test_twenty_documents_complete_with_every_store_in_agreement(
+    services: Services, run_dir: Path, stack: Settings
+) -> None:
+    folder = run_dir / "happy"
+    folder.mkdir()
+    async with Client() as client:
+        results = await submit_and_wait(client, make_documents(folder, 20))
+    outcomes = [o.event_type for _, o in results.values()]  # type: ignore[attr-defined]
+    assert outcomes == ["DocumentCompleted"] * 20, services.logs()
+    reader = SagaReader()
+    for doc, (_, done) in results.items():
+        f = footprint(doc)
+        chunk_count = done.payload["chunk_count"]  # type: ignore[attr-defined]
+        assert f.chunks == 1 and f.graph_nodes == 1 and f.relational_rows == 1 and f.security_records == 1, f
+        assert chunk_count >= 1 and f.vectors == chunk_count, (doc, f, chunk_count)
+        assert reader.state(doc).status == "Completed"
+
+
+async def test_redelivery_from_offset_zero_changes_nothing(services: Services, run_dir: Path, stack: Settings) -> None:
+    folder = run_dir / "redelivery"
+    folder.mkdir()
+    async with Client() as client:
+        results = await submit_and_wait(client, make_documents(folder, 4))
+    before = {doc: footprint(doc) for doc in results}
+    messages_before = await count_messages(stack)
+    services.stop()
+    await reset_groups_to_zero(stack)
+    services.start_stopped()
+    await wait_groups_caught_up(stack)  # every service re-read the whole topic from offset 0
+    assert await count_messages(stack) == messages_before, "redelivery emitted new events"
+    assert {doc: footprint(doc) for doc in results} == before
+
+
+def event_partitions() -> list[TopicPartition]:
+    return [TopicPartition(topics.EVENTS.name, p) for p in range(topics.EVENTS.partitions)]
+
+
+async def reset_groups_to_zero(settings: Settings) -> None:
+    for service in SERVICES:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=settings.kafka_bootstrap, group_id=f"{topics.PREFIX}-{service}", enable_auto_commit=False
+        )
+        await consumer.start()
+        try:
+            consumer.assign(event_partitions())
+            await consumer.commit({tp: 0 for tp in event_partitions()})
+        finally:
+            await consumer.stop()
+
+
+async def wait_groups_caught_up(settings: Settings, timeout: float = 180) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    probe = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    await probe.start()
+    try:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            ends = await probe.end_offsets(event_partitions())
+            behind = []
+            for service in SERVICES:
+                committed = await admin.list_consumer_group_offsets(f"{topics.PREFIX}-{service}")
+                behind += [
+                    service for tp, end in ends.items() if (committed.get(tp).offset if committed.get(tp) else 0) < end
+                ]
+            if not behind:
+                return
+            assert asyncio.get_running_loop().time() < deadline, f"still behind: {sorted(set(behind))}"
+            await asyncio.sleep(1)
+    finally:
+        await probe.stop()
+        await admin.close()

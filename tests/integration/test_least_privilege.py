@@ -1,0 +1,105 @@
+"""Each service's PostgreSQL role reaches its own schema only; the audit trail is append-only."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from psycopg import errors, sql
+
+from services.core.config import Settings
+from services.core.provision import SERVICES, provision
+
+pytestmark = pytest.mark.stack
+
+
+@pytest.fixture(scope="module")
+def settings() -> Settings:
+    s = Settings()
+    try:
+        psycopg.connect(s.pg_dsn(), connect_timeout=3).close()
+    except psycopg.OperationalError as e:
+        pytest.skip(f"PostgreSQL of the native stack is not reachable: {e}")
+    provision(s)
+    return s
+
+
+@pytest.fixture
+def connect(settings: Settings) -> Iterator:
+    opened: list[psycopg.Connection] = []
+
+    def as_service(service: str) -> psycopg.Connection:
+        conn = psycopg.connect(settings.pg_dsn(*settings.service_role(service)))
+        opened.append(conn)
+        return conn
+
+    yield as_service
+    for conn in opened:
+        conn.rollback()  # nothing a probe did is kept
+        conn.close()
+
+
+def refused(conn: psycopg.Connection, statement: str) -> bool:
+    try:
+        with conn.transaction():
+            conn.execute(statement)
+    except errors.InsufficientPrivilege:
+        return True
+    return False
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_role_owns_its_schema_and_nothing_else(connect, service: str) -> None:
+    conn = connect(service)
+    with conn.transaction(force_rollback=True):
+        conn.execute(sql.SQL("CREATE TABLE {}.lp_probe (x int)").format(sql.Identifier(service)))
+    for other in SERVICES:
+        if other != service:
+            probe = sql.SQL("CREATE TABLE {}.lp_probe (x int)").format(sql.Identifier(other)).as_string(conn)
+            assert refused(conn, probe), f"{service} may create tables in schema {other}"
+    assert refused(conn, "CREATE TABLE public.lp_probe (x int)")
+
+
+@pytest.mark.parametrize(("service", "statement"), [
+    ("relational", "SELECT * FROM security.identities"),
+    ("relational", "SELECT * FROM security.audit_trail"),
+    ("graph", "SELECT * FROM relational.documents"),
+    ("vector", "INSERT INTO security.audit_trail (document_id, event_id, event_type, recorded_at, prev_hash, "
+               "entry_hash) VALUES ('d', 'e', 't', now(), 'p', 'h')"),
+    ("security", "SELECT * FROM relational.documents"),
+    ("uploader", "DELETE FROM relational.documents"),
+])
+def test_other_services_tables_are_refused(connect, service: str, statement: str) -> None:
+    assert refused(connect(service), statement)
+
+
+@pytest.mark.parametrize("statement", [
+    "UPDATE security.audit_trail SET detail = '{}'",
+    "DELETE FROM security.audit_trail",
+    "TRUNCATE security.audit_trail",
+    "DROP TABLE security.audit_trail",
+    "ALTER TABLE security.audit_trail DISABLE TRIGGER ALL",
+    "ALTER SEQUENCE security.audit_trail_seq_seq RESTART",
+])
+def test_security_role_cannot_rewrite_the_audit_trail(connect, statement: str) -> None:
+    assert refused(connect("security"), statement)
+
+
+def test_security_role_reads_and_appends(connect) -> None:
+    conn = connect("security")
+    with conn.transaction(force_rollback=True):
+        conn.execute("SELECT count(*) FROM security.audit_trail")
+        conn.execute("INSERT INTO security.audit_trail (document_id, event_id, event_type, recorded_at, "
+                     "prev_hash, entry_hash) VALUES ('lp', gen_random_uuid()::text, 'Probe', now(), 'p', "
+                     "gen_random_uuid()::text)")
+        conn.execute("INSERT INTO security.identities (document_id, identity, content_sha256, classification, "
+                     f"submitter) VALUES ('lp', gen_random_uuid(), '{'0' * 64}', 'x', 'y')")
+        conn.execute("DELETE FROM security.identities WHERE document_id = 'lp'")
+
+
+def test_relational_role_upserts_and_deletes(connect) -> None:
+    conn = connect("relational")
+    with conn.transaction(force_rollback=True):
+        conn.execute("DELETE FROM relational.documents WHERE document_id = 'lp'")
+        conn.execute("SELECT count(*) FROM relational.documents")

@@ -1,0 +1,235 @@
+"""Embedding backends: the ONNX graphs built by model_setup are checked against an independent
+numpy forward pass of the same safetensors weights."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from services.vector import model_setup
+from services.vector.embedding import (
+    Embedder,
+    NumpyReferenceEmbedder,
+    OnnxEmbedder,
+    load_embedder,
+)
+
+PASSAGES = [
+    # ~1000 characters each, the size of a production chunk (~220-250 tokens).
+    "The municipal water authority reported that groundwater levels in the northern basin fell by an "
+    "average of forty centimetres per year between 2009 and 2019. Engineers attribute the decline mainly "
+    "to agricultural irrigation, which accounts for roughly seventy percent of all extraction, and to a "
+    "series of unusually dry winters that reduced natural recharge. The report recommends metering every "
+    "well above a minimum depth, introducing a tiered tariff for large users and restoring two wetlands "
+    "that historically acted as infiltration zones. It also warns that saline intrusion has already been "
+    "detected in three coastal monitoring wells, and that further drawdown could make part of the aquifer "
+    "unusable for drinking water within two decades. A public consultation on the proposed measures will "
+    "run until the end of March, after which the board will vote on a revised extraction cap and a "
+    "five-year investment programme for monitoring stations and leak reduction in the distribution network.",
+    "Under clause 14 of the agreement, the supplier shall indemnify the purchaser against all losses, "
+    "claims and expenses arising from defects in materials or workmanship discovered within twenty-four "
+    "months of delivery. The purchaser must notify the supplier in writing within thirty days of becoming "
+    "aware of a defect, describing its nature and the circumstances in which it was found. The supplier "
+    "may, at its option, repair or replace the defective goods or refund the price paid for them, and this "
+    "remedy shall be the purchaser's sole remedy for breach of warranty. Nothing in this clause limits "
+    "liability for death or personal injury caused by negligence, or for fraud. Any dispute concerning "
+    "the existence of a defect shall first be referred to an independent expert appointed jointly by the "
+    "parties, whose decision shall be final and binding except in the case of manifest error, and whose "
+    "fees shall be borne by the party against whom the expert substantially decides the matter in question.",
+    "Photosynthesis takes place in the chloroplasts of plant cells, where chlorophyll absorbs mainly red "
+    "and blue light. In the light-dependent reactions, water molecules are split, releasing oxygen as a "
+    "by-product and producing the energy carriers ATP and NADPH. These carriers then power the Calvin "
+    "cycle, in which the enzyme rubisco fixes carbon dioxide from the air into three-carbon sugars that "
+    "the plant uses to build glucose, starch and cellulose. The efficiency of the whole process is low: "
+    "typically only one or two percent of the incoming solar energy ends up stored in biomass. Rubisco is "
+    "slow and sometimes binds oxygen instead of carbon dioxide, a wasteful reaction called "
+    "photorespiration that increases at high temperatures. Plants such as maize and sugar cane have "
+    "evolved a mechanism that concentrates carbon dioxide around rubisco, which lets them grow faster in "
+    "hot and sunny climates while losing less water through the small pores in their leaves.",
+    "Consumers in a Kafka consumer group divide the partitions of a topic among themselves, so that each "
+    "partition is read by exactly one member of the group at a time. When a consumer joins or leaves, the "
+    "group coordinator triggers a rebalance and the partitions are reassigned. A consumer records its "
+    "progress by committing offsets; if it crashes after processing a record but before committing, the "
+    "record will be delivered again to whichever consumer takes over the partition. Applications that "
+    "cannot tolerate duplicates must therefore make their processing idempotent, for example by storing "
+    "the offset in the same database transaction as the result, or by using a natural key to ignore "
+    "repeated writes. Producers can enable idempotence so that retries after a network error do not "
+    "create duplicates in the log, and transactions allow a batch of writes across several partitions, "
+    "together with the consumed offsets, to become visible atomically to consumers reading committed data.",
+]
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return model_setup.build(tmp_path_factory.mktemp("model")).directory
+
+
+@pytest.fixture(scope="session")
+def reference() -> NumpyReferenceEmbedder:
+    return NumpyReferenceEmbedder()
+
+
+@pytest.fixture(scope="session")
+def ref_vectors(reference: NumpyReferenceEmbedder) -> np.ndarray:
+    return reference.embed(PASSAGES)
+
+
+@pytest.fixture(scope="session")
+def int8(model_dir: Path) -> OnnxEmbedder:
+    return OnnxEmbedder(model_dir / model_setup.INT8_FILE)
+
+
+@pytest.fixture(scope="session")
+def fp32(model_dir: Path) -> OnnxEmbedder:
+    return OnnxEmbedder(model_dir / model_setup.FP32_FILE)
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def test_passages_are_chunk_sized() -> None:
+    assert all(950 <= len(p) <= 1100 for p in PASSAGES)
+
+
+def test_fp32_graph_matches_numpy_reference(fp32: OnnxEmbedder, ref_vectors: np.ndarray) -> None:
+    got = fp32.embed(PASSAGES)
+    assert cosines(got, ref_vectors).min() >= 0.999
+    np.testing.assert_allclose(got, ref_vectors, atol=2e-4)
+
+
+def test_int8_graph_close_to_numpy_reference(int8: OnnxEmbedder, ref_vectors: np.ndarray) -> None:
+    assert cosines(int8.embed(PASSAGES), ref_vectors).min() >= 0.99
+
+
+def test_short_and_empty_texts(fp32: OnnxEmbedder, reference: NumpyReferenceEmbedder) -> None:
+    texts = ["", "a cat", "What was the revenue growth in Europe?"]
+    assert cosines(fp32.embed(texts), reference.embed(texts)).min() >= 0.999
+
+
+def test_long_text_is_truncated_at_256_tokens(fp32: OnnxEmbedder) -> None:
+    head = PASSAGES[0] + " " + PASSAGES[1]  # > 256 tokens on its own
+    a, b, short = fp32.embed([head + " " + PASSAGES[2], head + " " + PASSAGES[3], PASSAGES[0]])
+    np.testing.assert_allclose(a, b, atol=1e-5)  # what follows token 256 is ignored
+    assert float(a @ short) < 0.99  # ... but not truncated at the shipped 128 either
+
+
+@pytest.mark.parametrize("kind", ["int8", "fp32"])
+def test_vectors_shape_dtype_norm(kind: str, int8: OnnxEmbedder, fp32: OnnxEmbedder) -> None:
+    embedder = int8 if kind == "int8" else fp32
+    assert isinstance(embedder, Embedder)
+    assert embedder.dim == 384 and embedder.name
+    vectors = embedder.embed(PASSAGES)
+    assert vectors.shape == (len(PASSAGES), 384) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert embedder.embed([]).shape == (0, 384)
+
+
+@pytest.mark.parametrize("kind", ["int8", "fp32"])
+def test_semantic_sanity(kind: str, int8: OnnxEmbedder, fp32: OnnxEmbedder) -> None:
+    embedder = int8 if kind == "int8" else fp32
+    query, paraphrase, unrelated = embedder.embed(
+        [
+            "How much did groundwater levels drop in the northern basin?",
+            "The water table under the northern basin has been falling by about 40 cm every year.",
+            "The supplier must replace defective goods delivered under the contract.",
+        ]
+    )
+    assert query @ paraphrase > query @ unrelated + 0.2
+    # Retrieval over the passages: each question finds its passage.
+    questions = [
+        "Why is the aquifer losing water?",
+        "Who pays when delivered goods turn out to be faulty?",
+        "How do plants turn sunlight into sugar?",
+        "What happens to uncommitted offsets when a consumer crashes?",
+    ]
+    scores = embedder.embed(questions) @ embedder.embed(PASSAGES).T
+    assert list(scores.argmax(axis=1)) == [0, 1, 2, 3]
+
+
+def test_batch_order_preserved(model_dir: Path) -> None:
+    # Tiny batches + very different lengths: sorting by length must not reorder the output.
+    fp32 = OnnxEmbedder(model_dir / model_setup.FP32_FILE, batch_size=2)
+    texts = [PASSAGES[0], "a cat", PASSAGES[2], "", "kafka consumer offsets", PASSAGES[1]]
+    together = fp32.embed(texts)
+    one_by_one = np.vstack([fp32.embed([t]) for t in texts])
+    np.testing.assert_allclose(together, one_by_one, atol=1e-4)
+
+
+def test_int8_vectors_do_not_depend_on_neighbours(int8: OnnxEmbedder) -> None:
+    texts = [PASSAGES[3], "a cat", PASSAGES[1], PASSAGES[0], "", PASSAGES[2]]
+    together = int8.embed(texts)
+    one_by_one = np.vstack([int8.embed([t]) for t in texts])
+    np.testing.assert_array_equal(together, one_by_one)  # default batch_size=1: pure function
+
+
+def test_int8_batched_order_preserved(model_dir: Path) -> None:
+    int8 = OnnxEmbedder(model_dir / model_setup.INT8_FILE, batch_size=4)
+    texts = [PASSAGES[3], "a cat", PASSAGES[1], PASSAGES[0], "", PASSAGES[2]]
+    together = int8.embed(texts)
+    one_by_one = np.vstack([int8.embed([t]) for t in texts])
+    # In a batch, dynamic int8 shares one activation scale per tensor, so a vector depends
+    # slightly on its neighbours (worst for tiny texts batched with long ones).
+    assert cosines(together, one_by_one).min() >= 0.95
+    assert list((together @ one_by_one.T).argmax(axis=1)) == list(range(len(texts)))
+
+
+def test_load_embedder_factory(model_dir: Path) -> None:
+    e8 = load_embedder("int8", model_dir=model_dir, threads=1)
+    e32 = load_embedder("fp32", model_dir=model_dir)
+    assert isinstance(e8, OnnxEmbedder) and e8.path.name == model_setup.INT8_FILE and e8.threads == 1
+    assert isinstance(e32, OnnxEmbedder) and e32.path.name == model_setup.FP32_FILE
+    assert isinstance(load_embedder("numpy"), NumpyReferenceEmbedder)
+    with pytest.raises(ValueError):
+        load_embedder("bf16")  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- model_setup
+
+
+def test_setup_manifest_and_idempotence(model_dir: Path) -> None:
+    files = model_setup.model_files(model_dir)
+    manifest = json.loads(files.manifest.read_text())
+    assert manifest["source"] == {
+        "model.safetensors": model_setup.SAFETENSORS_SHA256,
+        "tokenizer.json": model_setup.TOKENIZER_SHA256,
+    }
+    for name, digest in manifest["files"].items():
+        assert model_setup.sha256_file(model_dir / name) == digest
+    assert model_setup.is_built(files)
+
+    mtimes = {p: p.stat().st_mtime_ns for p in (files.fp32, files.int8, files.manifest)}
+    model_setup.build(model_dir)  # already built: nothing is rewritten
+    assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
+
+
+def test_setup_rebuilds_tampered_files(tmp_path: Path, model_dir: Path) -> None:
+    import shutil
+
+    target = tmp_path / "copy"
+    shutil.copytree(model_dir, target)
+    files = model_setup.model_files(target)
+    with open(files.int8, "r+b") as fh:
+        fh.seek(-10, 2)
+        fh.write(b"0123456789")
+    assert not model_setup.is_built(files)
+    model_setup.build(target)
+    assert model_setup.is_built(files)
+    assert model_setup.sha256_file(files.int8) == model_setup.sha256_file(model_dir / model_setup.INT8_FILE)
+
+
+def test_setup_rejects_unexpected_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(model_setup, "SAFETENSORS_SHA256", "0" * 64)
+    with pytest.raises(model_setup.ModelSetupError, match="sha256 mismatch"):
+        model_setup.build(tmp_path / "never")
+    assert not (tmp_path / "never" / model_setup.MANIFEST_FILE).exists()
+
+
+def test_default_model_dir_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("UDS3_MODEL_DIR", str(tmp_path))
+    assert model_setup.default_model_dir() == tmp_path
+    monkeypatch.delenv("UDS3_MODEL_DIR")
+    assert model_setup.default_model_dir().parts[-3:] == (".stack", "models", "all-MiniLM-L6-v2")

@@ -1,0 +1,183 @@
+"""The shared runtime's decisions, on an in-memory event store (eventsourcing's POPO recorder)."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from eventsourcing.persistence import Tracking
+
+from services.core.config import Settings
+from services.core.errors import PermanentError, TransientError
+from services.core.events import DOCUMENT_SUBMITTED, Event
+from services.core.runtime import Runtime
+from services.core.step import Context, Step, Undone
+from services.core.steplog import StepLog
+from services.core.store import OUTBOX, StepStore
+
+
+class Recording(Step):
+    """A step whose forward work and undo are scripted by the test."""
+
+    def __init__(self, service: str, step: str, reacts_to: str, script: list[Exception | None]) -> None:
+        self.service, self.step, self.reacts_to = service, step, frozenset({reacts_to})
+        self.script = script
+        self.undone = 0
+        self.calls = 0
+
+    def handle(self, event: Event, log: StepLog, ctx: Context) -> None:
+        self.calls += 1
+        outcome = self.script.pop(0) if self.script else None
+        if outcome is not None:
+            raise outcome
+        log.emit_event(event.follow(f"{self.step}Done", self.service))
+
+    def undo(self, log: StepLog, ctx: Context) -> Undone:
+        self.undone += 1
+        return Undone("undone", 1)
+
+
+def runtime_for(step: Step, **settings: object) -> Runtime:
+    rt = Runtime(step, Settings(step_deadline_s=2, retry_base_s=0.001, **settings))  # type: ignore[arg-type]
+    rt.store = StepStore(step.service, env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
+    return rt
+
+
+def submitted(doc: str | None = None) -> Event:
+    doc = doc or str(uuid.uuid4())
+    return Event(DOCUMENT_SUBMITTED, doc, str(uuid.uuid4()), {"title": "t"})
+
+
+def at(offset: int) -> Tracking:
+    return Tracking("kafka:t:0", offset + 1)
+
+
+def emitted_types(rt: Runtime, doc: str) -> list[str]:
+    return [m["event_type"] for m in rt.store.step_log(doc).emitted]
+
+
+def test_handled_event_records_output_and_position_together() -> None:
+    rt = runtime_for(Recording("uploader", "Upload", DOCUMENT_SUBMITTED, []))
+    e = submitted()
+    assert rt.process(e, at(0)).action == "handled"
+    assert emitted_types(rt, e.document_id) == ["UploadDone"]
+    assert rt.store.position("kafka:t:0") == 1
+
+
+def test_redelivered_event_at_same_offset_changes_nothing() -> None:
+    step = Recording("uploader", "Upload", DOCUMENT_SUBMITTED, [])
+    rt = runtime_for(step)
+    e = submitted()
+    rt.process(e, at(0))
+    assert rt.process(e, at(0)).action == "redelivered"
+    assert emitted_types(rt, e.document_id) == ["UploadDone"]
+    assert step.calls == 1
+
+
+def test_duplicate_event_at_new_offset_is_recognised_by_its_id() -> None:
+    step = Recording("uploader", "Upload", DOCUMENT_SUBMITTED, [])
+    rt = runtime_for(step)
+    e = submitted()
+    rt.process(e, at(0))
+    assert rt.process(e, at(7)).action == "duplicate"
+    assert step.calls == 1
+    assert rt.store.position("kafka:t:0") == 8
+
+
+def test_transient_errors_are_retried_without_compensating() -> None:
+    step = Recording("uploader", "Upload", DOCUMENT_SUBMITTED, [TransientError("down"), TransientError("down")])
+    rt = runtime_for(step)
+    e = submitted()
+    rt.process(e, at(0))
+    assert step.calls == 3
+    assert step.undone == 0
+    assert emitted_types(rt, e.document_id) == ["UploadDone"]
+
+
+def test_transient_past_the_deadline_fails_the_step() -> None:
+    step = Recording("uploader", "Upload", DOCUMENT_SUBMITTED, [TransientError("down")] * 10_000)
+    rt = runtime_for(step)
+    rt.settings = Settings(step_deadline_s=0.05, retry_base_s=0.001)
+    e = submitted()
+    rt.process(e, at(0))
+    log = rt.store.step_log(e.document_id)
+    failed = log.last_emitted("UploadFailed")
+    assert failed is not None and failed.payload["retryable"] is True
+
+
+def test_permanent_failure_cleans_up_and_first_step_ends_the_saga() -> None:
+    step = Recording("uploader", "Upload", DOCUMENT_SUBMITTED, [PermanentError("corrupt")])
+    rt = runtime_for(step)
+    e = submitted()
+    rt.process(e, at(0))
+    assert step.undone == 1
+    assert emitted_types(rt, e.document_id) == ["UploadFailed", "DocumentCompensated"]
+    assert rt.store.step_log(e.document_id).last_emitted("UploadFailed").payload["reason"] == "corrupt"  # type: ignore[union-attr]
+
+
+def test_failure_of_the_next_step_compensates_this_one_once() -> None:
+    step = Recording("security", "Security", "IntegrityVerified", [])
+    rt = runtime_for(step)
+    sub = submitted()
+    rt.process(sub, at(0))
+    failure = sub.follow(
+        "VectorsFailed", "vector", step="Vectors", reason="boom", retryable=False, error_type="PermanentError"
+    )
+    rt.process(failure, at(1))
+    rt.process(failure, at(2))  # duplicate delivery
+    assert step.undone == 1
+    compensated = rt.store.step_log(sub.document_id).last_emitted("SecurityCompensated")
+    assert compensated is not None
+    assert compensated.payload["failed_step"] == "Vectors" and compensated.payload["reason"] == "boom"
+
+
+def test_compensation_that_keeps_failing_ends_in_compensation_failed() -> None:
+    class Stuck(Recording):
+        def undo(self, log: StepLog, ctx: Context) -> Undone:
+            raise PermanentError("store refuses delete")
+
+    rt = runtime_for(Stuck("graph", "Graph", "VectorsIndexed", []))
+    sub = submitted()
+    rt.process(sub, at(0))
+    rt.process(
+        sub.follow(
+            "RelationalFailed",
+            "relational",
+            step="Relational",
+            reason="x",
+            retryable=False,
+            error_type="PermanentError",
+        ),
+        at(1),
+    )
+    failed = rt.store.step_log(sub.document_id).last_emitted("CompensationFailed")
+    assert failed is not None
+    assert failed.payload["remaining"] == ["Upload", "Integrity", "Security", "Vectors", "Graph"]
+
+
+def test_events_for_other_steps_are_ignored_without_a_write() -> None:
+    rt = runtime_for(Recording("graph", "Graph", "VectorsIndexed", []))
+    e = submitted().follow("UploadStarted", "uploader")
+    assert rt.process(e, at(0)).action == "ignored"
+    assert rt.store.position("kafka:t:0") is None
+
+
+def test_outbox_lists_recorded_outputs_until_marked_published() -> None:
+    rt = runtime_for(Recording("uploader", "Upload", DOCUMENT_SUBMITTED, []))
+    e = submitted()
+    rt.process(e, at(0))
+    pending = [m for _, m in rt.store.unpublished() if m]
+    assert [m["event_type"] for m in pending] == ["UploadDone"]
+    last = max(n for n, _ in rt.store.unpublished())
+    rt.store.mark_published(last)
+    assert list(rt.store.unpublished()) == []
+    assert rt.store.position(OUTBOX) == last
+
+
+@pytest.mark.parametrize("spec", ["uploader:permanent@*", "uploader:permanent@t"])
+def test_injected_fault_fails_the_matching_document(spec: str) -> None:
+    step = Recording("uploader", "Upload", DOCUMENT_SUBMITTED, [])
+    rt = runtime_for(step, faults=spec)
+    e = submitted()
+    rt.process(e, at(0))
+    assert "UploadFailed" in emitted_types(rt, e.document_id)
