@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from services.cli.ops import audit_app, dlq_app
 from services.client import Client
 from services.core.config import Settings
 from services.core.events import STEPS, SUCCESS_EVENT, TERMINAL_EVENTS, Event
@@ -29,8 +30,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 saga_app = typer.Typer(help="Inspect and re-drive sagas.", no_args_is_help=True)
-dlq_app = typer.Typer(help="The dead-letter topic.", no_args_is_help=True)
-audit_app = typer.Typer(help="Audit trail and consistency checks.", no_args_is_help=True)
 services_app = typer.Typer(help="Run the six services locally.", no_args_is_help=True)
 app.add_typer(saga_app, name="saga")
 app.add_typer(dlq_app, name="dlq")

@@ -87,6 +87,10 @@ class StepLog(Aggregate):
         found = [m for m in self.emitted if m["event_type"] == event_type]
         return event_of(found[-1]) if found else None
 
+    def last_received(self, event_type: str) -> Event | None:
+        found = [m for m in self.received if m["event_type"] == event_type]
+        return event_of(found[-1]) if found else None
+
     def handled(self, event_id: str) -> bool:
         """True when some recorded output was caused by this input (an inbox check)."""
         return any(m["causation_id"] == event_id for m in self.emitted) or any(
@@ -94,6 +98,7 @@ class StepLog(Aggregate):
         )
 
     def submission(self) -> Event | None:
+        """The first submission of the document (a later one is a duplicate)."""
         subs = [m for m in self.received if m["event_type"] == "DocumentSubmitted"]
         return event_of(subs[0]) if subs else None
 

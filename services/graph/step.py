@@ -13,14 +13,9 @@ from services.core.config import Settings
 from services.core.errors import PermanentError
 from services.core.events import DOCUMENT_SUBMITTED, GRAPH_LINKED, SECURITY_RECORDED, VECTORS_INDEXED, Event
 from services.core.step import Context, Step, Undone
-from services.core.steplog import StepLog, event_of
+from services.core.steplog import StepLog
 from services.graph.adapters import GraphStore
 from services.graph.plan import plan_for
-
-
-def last_received(log: StepLog, event_type: str) -> Event | None:
-    found = [m for m in log.received if m["event_type"] == event_type]
-    return event_of(found[-1]) if found else None
 
 
 class GraphStep(Step):
@@ -50,7 +45,7 @@ class GraphStep(Step):
         submission = log.submission()
         if submission is None:
             raise PermanentError("no DocumentSubmitted received before VectorsIndexed")
-        plan = plan_for(submission, last_received(log, SECURITY_RECORDED), event)
+        plan = plan_for(submission, log.last_received(SECURITY_RECORDED), event)
         self._store().apply(plan)
         log.emit_event(event.follow(GRAPH_LINKED, self.service, node_id=plan.document.key,
                                     relations=len(plan.relations)))

@@ -22,14 +22,9 @@ from services.core.events import (
     Event,
 )
 from services.core.step import Context, Step, Undone
-from services.core.steplog import StepLog, event_of
+from services.core.steplog import StepLog
 from services.relational.adapters import DocumentsTable
 from services.relational.row import TABLE, completion, document_row
-
-
-def last_received(log: StepLog, event_type: str) -> Event | None:
-    found = [m for m in log.received if m["event_type"] == event_type]
-    return event_of(found[-1]) if found else None
 
 
 class RelationalStep(Step):
@@ -58,8 +53,8 @@ class RelationalStep(Step):
 
     def handle(self, event: Event, log: StepLog, ctx: Context) -> None:
         now = datetime.now(UTC)
-        row = document_row(log.submission(), last_received(log, UPLOAD_COMPLETED),
-                           last_received(log, SECURITY_RECORDED), last_received(log, VECTORS_INDEXED), now)
+        row = document_row(log.submission(), log.last_received(UPLOAD_COMPLETED),
+                           log.last_received(SECURITY_RECORDED), log.last_received(VECTORS_INDEXED), now)
         self._table().upsert(row)
         log.emit_event(event.follow(RELATIONAL_RECORDED, self.service, table=TABLE, row_id=row.document_id))
         # seq=1: a second event caused by the same input still gets its own deterministic id
