@@ -232,17 +232,79 @@ def saga_show(document_id: str, as_json: bool = typer.Option(False, "--json")) -
     out.print(table)
 
 
+def _last_step_event(state: Any) -> Event:
+    """The newest recorded saga event: republishing it re-drives whichever step is waiting for it."""
+    from services.core.steplog import event_of
+
+    return event_of(state.history[-1])
+
+
+@app.command()
+@friendly
+def resume(document_id: str) -> None:
+    """Re-drive a stuck saga: republish its last recorded event (consumers that already
+    handled it change nothing; the step that missed it, or crashed in it, carries on)."""
+    state = _reader().state(document_id)
+    if not state.history:
+        raise UserError(f"unknown document {document_id}")
+    if state.terminal:
+        out.print(f"{document_id} already {state.status}: nothing to resume")
+        return
+    event = _last_step_event(state)
+
+    async def go() -> None:
+        async with Client() as client:
+            await client.republish(event)
+
+    run(go())
+    out.print(f"re-drove {document_id} from {event.event_type} (step {state.current_step})")
+
+
+@app.command()
+@friendly
+def replay(older_than: float = typer.Option(60.0, help="only sagas whose last event is older (seconds)")) -> None:
+    """After an outage: resume every saga that has not ended, from the event store."""
+    from datetime import UTC, datetime
+
+    reader = _reader()
+    now = datetime.now(UTC)
+    stuck = []
+    for doc in reader.document_ids():
+        state = reader.state(doc)
+        if state.history and not state.terminal:
+            last = datetime.fromisoformat(state.history[-1]["occurred_at"])
+            if (now - last).total_seconds() >= older_than:
+                stuck.append(_last_step_event(state))
+
+    async def go() -> None:
+        async with Client() as client:
+            for event in stuck:
+                await client.republish(event)
+
+    run(go())
+    out.print(f"re-drove {len(stuck)} saga(s)")
+
+
 @app.command()
 @friendly
 def subscribe(
     from_beginning: bool = typer.Option(False, "--from-beginning"),
     group: str = typer.Option(None, help="consumer group: resume where it left off"),
+    since: str = typer.Option(None, help="replay from a point in time (ISO 8601, e.g. 2026-11-29T10:00:00+00:00)"),
 ) -> None:
     """Stream terminal events (DocumentCompleted, DocumentCompensated, CompensationFailed) as JSON lines."""
 
     async def go() -> None:
         client = Client()
-        async for e in client.subscribe_completions(from_beginning, group):
+        since_ms = None
+        if since:
+            from datetime import datetime
+
+            try:
+                since_ms = int(datetime.fromisoformat(since).timestamp() * 1000)
+            except ValueError as bad:
+                raise UserError(f"--since takes an ISO 8601 time, got {since!r}") from bad
+        async for e in client.subscribe_completions(from_beginning, group, since_ms):
             print(
                 json.dumps(
                     {

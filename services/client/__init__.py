@@ -102,6 +102,15 @@ class Client:
         await self.producer.send_and_wait(topics.EVENTS.name, codec.encode(event), key=doc.encode())
         return Submission(doc, event.saga_id, event.event_id, now_ms)
 
+    async def republish(self, event: Event) -> None:
+        """Publishes a recorded event again, with its original id: consumers that already
+        handled it recognise it and change nothing; a consumer that never saw it acts on it."""
+        await self.start()
+        assert self.producer is not None
+        data = codec.encode(event)
+        for topic in topics.topics_for(event.event_type):
+            await self.producer.send_and_wait(topic.name, data, key=event.document_id.encode())
+
     async def progress(self, document_id: str, since_ms: int | None = None) -> AsyncIterator[Event]:
         """Every event of the document (steps and progress) until its terminal event."""
         async for event in self._follow([topics.EVENTS, topics.PROGRESS], since_ms, document_id):
@@ -116,9 +125,17 @@ class Client:
         raise RuntimeError("completions stream ended")  # pragma: no cover - the stream is endless
 
     async def subscribe_completions(
-        self, from_beginning: bool = False, group_id: str | None = None
+        self, from_beginning: bool = False, group_id: str | None = None, since_ms: int | None = None
     ) -> AsyncIterator[Event]:
-        """Terminal events for downstream systems; with a group id, positions are committed."""
+        """Terminal events for downstream systems.
+
+        With a group id, positions are committed and a restart continues where it stopped;
+        `since_ms` replays from a point in time instead (e.g. to feed a new downstream system).
+        """
+        if since_ms is not None:
+            async for event in self._follow([topics.COMPLETIONS], since_ms + 5_000, None):
+                yield event
+            return
         consumer = AIOKafkaConsumer(
             topics.COMPLETIONS.name,
             bootstrap_servers=self.settings.kafka_bootstrap,
@@ -134,7 +151,9 @@ class Client:
         finally:
             await consumer.stop()
 
-    async def _follow(self, follow: list[topics.Topic], since_ms: int | None, document_id: str) -> AsyncIterator[Event]:
+    async def _follow(
+        self, follow: list[topics.Topic], since_ms: int | None, document_id: str | None
+    ) -> AsyncIterator[Event]:
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.settings.kafka_bootstrap, enable_auto_commit=False, isolation_level="read_committed"
         )
@@ -148,13 +167,13 @@ class Client:
             consumer.assign(parts)
             await _seek_to_time(consumer, parts, since_ms)
             async for record in consumer:
-                if record.key is not None and record.key.decode() != document_id:
+                if document_id and record.key is not None and record.key.decode() != document_id:
                     continue
                 try:
                     event = codec.decode(record.value)
                 except codec.UndecodableEvent:
                     continue
-                if event.document_id == document_id:
+                if document_id is None or event.document_id == document_id:
                     yield event
         finally:
             await consumer.stop()

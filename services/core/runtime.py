@@ -219,7 +219,7 @@ class Runtime:
                 recorded = self.store.record(log, tracking)
                 return Outcome("duplicate" if recorded else "redelivered")
             before = len(log.emitted)
-            if event.event_type in step.remembers:
+            if event.event_type in step.remembers and not log.has_received(event.event_id):
                 log.receive(message_of(event))
             try:
                 if event.event_type in step.observes:
@@ -248,9 +248,11 @@ class Runtime:
                     time.sleep(delay)
                     continue
                 log = self.store.step_log(event.document_id)  # drop the failed attempt's pending events
-                if event.event_type in step.remembers and not log.handled(event.event_id):
+                if event.event_type in step.remembers and not log.has_received(event.event_id):
                     log.receive(message_of(event))
                 (self._fail_forward if forward else self._fail_undo)(event, log, err)
+            if forward or undo or event.event_type in step.remembers:
+                log.mark_processed(event.event_id)  # observe-only inputs are idempotent by themselves
             recorded = self.store.record(log, tracking)
             return Outcome("handled" if recorded else "redelivered", len(log.emitted) - before)
 

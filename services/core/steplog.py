@@ -62,6 +62,7 @@ class StepLog(Aggregate):
         self.document_id = document_id
         self.received: list[dict[str, Any]] = []
         self.emitted: list[dict[str, Any]] = []
+        self.processed: list[str] = []
 
     @event("Received")
     def receive(self, message: dict[str, Any]) -> None:
@@ -72,6 +73,12 @@ class StepLog(Aggregate):
     def emit(self, message: dict[str, Any]) -> None:
         """An output: the relay publishes it to Kafka after it is recorded (outbox)."""
         self.emitted.append(message)
+
+    @event("Processed")
+    def mark_processed(self, event_id: str) -> None:
+        """The inbox: this input is fully handled. Checkpoints of a long step do not set it,
+        so a crashed step's input is handled again and resumes from its last checkpoint."""
+        self.processed.append(event_id)
 
     # --- queries (pure) --------------------------------------------------------------------
     def emit_event(self, e: Event) -> None:
@@ -91,11 +98,12 @@ class StepLog(Aggregate):
         found = [m for m in self.received if m["event_type"] == event_type]
         return event_of(found[-1]) if found else None
 
+    def has_received(self, event_id: str) -> bool:
+        return any(m["event_id"] == event_id for m in self.received)
+
     def handled(self, event_id: str) -> bool:
-        """True when some recorded output was caused by this input (an inbox check)."""
-        return any(m["causation_id"] == event_id for m in self.emitted) or any(
-            m["event_id"] == event_id for m in self.received
-        )
+        """True when this input was fully handled before (a duplicate delivery)."""
+        return event_id in self.processed
 
     def submission(self) -> Event | None:
         """The first submission of the document (a later one is a duplicate)."""

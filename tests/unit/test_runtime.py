@@ -181,3 +181,27 @@ def test_injected_fault_fails_the_matching_document(spec: str) -> None:
     e = submitted()
     rt.process(e, at(0))
     assert "UploadFailed" in emitted_types(rt, e.document_id)
+
+
+def test_a_step_interrupted_after_a_checkpoint_resumes_on_redelivery() -> None:
+    class Checkpointing(Recording):
+        """Records progress, then crashes once (as a SIGKILL mid-step would leave it)."""
+
+        def handle(self, event: Event, log: StepLog, ctx: Context) -> None:
+            self.calls += 1
+            done = sum(1 for _ in log.emitted_of("PartDone"))
+            log.emit_event(event.follow("PartDone", self.service, seq=done))
+            ctx.checkpoint(log)
+            if self.calls == 1:
+                raise KeyboardInterrupt  # the process dies here: nothing after the checkpoint is recorded
+            log.emit_event(event.follow("UploadDone", self.service))
+
+    step = Checkpointing("uploader", "Upload", DOCUMENT_SUBMITTED, [])
+    rt = runtime_for(step)
+    rt.ctx.checkpoint = rt.store.record
+    e = submitted()
+    with pytest.raises(KeyboardInterrupt):
+        rt.process(e, at(0))
+    assert rt.process(e, at(0)).action == "handled"  # redelivered at the same offset: not a duplicate
+    assert emitted_types(rt, e.document_id) == ["PartDone", "PartDone", "UploadDone"]
+    assert [m["event_id"] for m in rt.store.step_log(e.document_id).received] == [e.event_id]

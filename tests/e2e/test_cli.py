@@ -1,0 +1,109 @@
+"""The user's side: the CLI and the async client against the real stack and services."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from services.client import Client
+from services.core.config import REPO_ROOT
+from tests.documents import paragraph, text_file
+from tests.e2e.conftest import Services
+
+pytestmark = pytest.mark.stack
+
+
+def uds3(*args: str, env: dict[str, str] | None = None, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "services.cli.main", *args], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+@pytest.fixture
+def doc_file(run_dir: Path) -> Path:
+    folder = run_dir / "cli"
+    folder.mkdir(exist_ok=True)
+    return text_file(folder, f"note-{time.monotonic_ns()}.txt", paragraph(time.monotonic_ns() % 1000, 300))
+
+
+def test_submit_shows_progress_and_ends_with_completion(services: Services, doc_file: Path) -> None:
+    result = uds3("submit", str(doc_file), "--title", "CLI note", "--author", "A. Clerk", "--meta", "shelf=B7")
+    assert result.returncode == 0, result.stderr + services.logs()
+    assert "DocumentCompleted" in result.stdout
+    assert "submitted" in result.stderr and "Vectors" in result.stderr  # the live bars
+
+
+def test_no_wait_then_saga_show_and_status_from_the_event_store(services: Services, doc_file: Path) -> None:
+    submitted = uds3("submit", str(doc_file), "--no-wait")
+    doc = submitted.stdout.strip()
+    assert submitted.returncode == 0 and len(doc) == 36
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        shown = uds3("saga", "show", doc, "--json")
+        if shown.returncode == 0 and json.loads(shown.stdout)["status"] == "Completed":
+            break
+        time.sleep(1)
+    state = json.loads(shown.stdout)
+    assert state["status"] == "Completed", state
+    assert [m["event_type"] for m in state["history"]][:2] == ["DocumentSubmitted", "UploadStarted"]
+    assert state["history"][-1]["event_type"] == "DocumentCompleted"
+    status = uds3("status", doc)
+    assert status.returncode == 0 and "Completed" in status.stdout
+    resumed = uds3("resume", doc)
+    assert "nothing to resume" in resumed.stdout
+
+
+def test_subscribe_since_streams_terminal_events_as_json_lines(services: Services, doc_file: Path) -> None:
+    since = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(time.time() - 5))
+    done = uds3("submit", str(doc_file))
+    assert done.returncode == 0, done.stderr
+    doc = done.stdout.split()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "services.cli.main", "subscribe", "--since", since],
+                            cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True, env=dict(os.environ))
+    try:
+        assert proc.stdout is not None
+        found = None
+        deadline = time.monotonic() + 60
+        while found is None and time.monotonic() < deadline:
+            line = json.loads(proc.stdout.readline())
+            found = line if line["document_id"] == doc else None
+    finally:
+        proc.kill()
+    assert found is not None and found["event_type"] == "DocumentCompleted"
+
+
+def test_common_errors_are_one_clear_line(services: Services, run_dir: Path) -> None:
+    missing = uds3("submit", str(run_dir / "no-such.pdf"))
+    assert missing.returncode == 2 and "no such file" in missing.stderr and "Traceback" not in missing.stderr
+    unknown = uds3("saga", "show", "00000000-0000-0000-0000-000000000000")
+    assert unknown.returncode == 2 and "unknown document" in unknown.stderr
+
+
+def test_stack_down_is_a_clear_error(run_dir: Path, env_applied: dict[str, str]) -> None:
+    path = text_file(run_dir, "down.txt", "x")
+    kafka_down = uds3("submit", str(path), env={"UDS3_KAFKA_BOOTSTRAP": "127.0.0.1:9"}, timeout=120)
+    assert kafka_down.returncode == 3, kafka_down.stderr
+    assert "cannot reach the stack" in kafka_down.stderr and "Traceback" not in kafka_down.stderr
+    pg_down = uds3("status", env={"UDS3_PG_PORT": "9"})
+    assert pg_down.returncode == 3 and "cannot reach the stack" in pg_down.stderr, pg_down.stderr
+
+
+async def test_async_client_submit_progress_wait_and_subscribe(services: Services, doc_file: Path) -> None:
+    async with Client() as client:
+        completions = client.subscribe_completions(since_ms=int(time.time() * 1000) - 5_000)
+        sub = await client.submit(doc_file, title="client note")
+        seen = [e.event_type async for e in client.progress(sub.document_id, sub.submitted_at_ms)]
+        outcome = await asyncio.wait_for(client.wait(sub.document_id, sub.submitted_at_ms), 60)
+        async for e in completions:
+            if e.document_id == sub.document_id:
+                streamed = e
+                break
+    assert seen[0] == "DocumentSubmitted" and seen[-1] == "DocumentCompleted"
+    assert "VectorsIndexed" in seen and "UploadProgressed" in seen
+    assert outcome.event_type == streamed.event_type == "DocumentCompleted"
