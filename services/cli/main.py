@@ -59,6 +59,9 @@ def friendly(fn: Callable[..., T]) -> Callable[..., T]:
             if type(e).__name__ in {"KafkaConnectionError", "OperationalError", "ServiceUnavailable"}:
                 err.print(f"[red]error:[/red] cannot reach the stack ({type(e).__name__}: {e}); try `make up`")
                 raise typer.Exit(3) from None
+            if type(e).__name__ == "UnknownTopicOrPartitionError":
+                err.print("[red]error:[/red] the saga topics do not exist yet; run `make up`")
+                raise typer.Exit(3) from None
             raise
 
     return wrapper

@@ -66,6 +66,11 @@ def classify(exc: BaseException) -> StepError:
     return PermanentError(f"{type(exc).__name__}: {exc}")
 
 
+# The producer of an event an operator re-drives from the CLI (`uds3 saga retry/compensate`):
+# the one input that may restart an undo after CompensationFailed.
+REDRIVE_PRODUCER = "operator"
+
+
 class ObserveFailed(Exception):
     """Taking note of an event failed for good: the event goes to the dead-letter topic."""
 
@@ -139,6 +144,7 @@ class Runtime:
             session_timeout_ms=30_000,
             heartbeat_interval_ms=3_000,
         )
+        await topics.ensure_topics(self.settings.kafka_bootstrap)  # idempotent; the broker never auto-creates
         await producer.start()
         self.relay = Relay(self.store, producer)
         self.ctx.checkpoint = self._checkpoint
@@ -282,8 +288,10 @@ class Runtime:
             )
 
     def _compensate(self, event: Event, log: StepLog) -> None:
-        if log.has_emitted(compensated(self.step.step)) or log.has_emitted(COMPENSATION_FAILED):
+        if log.has_emitted(compensated(self.step.step)):
             return
+        if log.has_emitted(COMPENSATION_FAILED) and event.producer != REDRIVE_PRODUCER:
+            return  # terminal until an operator re-drives it (`uds3 saga retry`: a new event id)
         failed_step = event.payload.get("failed_step") or event.payload.get("step", "")
         reason = event.payload.get("reason", "")
         self.faults.maybe_fail("undo", event.document_id, _title(log.submission()))
