@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 from eventsourcing.persistence import Tracking
 
@@ -84,6 +85,16 @@ class Relay:
         self.lock = asyncio.Lock()
 
     async def flush(self) -> int:
+        """Publishes everything recorded and not yet published; on a broker or store fault it
+        stops early and leaves the rest for the next flush (the outbox position only moves
+        after Kafka acknowledged)."""
+        try:
+            return await self._flush()
+        except Exception as e:
+            logs.warn(logging.getLogger("relay"), "relay paused, will retry", error=f"{type(e).__name__}: {e}")
+            return 0
+
+    async def _flush(self) -> int:
         published = 0
         async with self.lock:
             while batch := await asyncio.to_thread(lambda: list(self.store.unpublished())):
@@ -126,9 +137,14 @@ class Runtime:
     async def run(self, stop: asyncio.Event | None = None) -> None:
         stop = stop or asyncio.Event()
         self.loop = asyncio.get_running_loop()
+
+        def request_stop() -> None:
+            stop.set()
+            self.ctx.stopping.set()  # long handlers check it between chunks and batches
+
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
-                self.loop.add_signal_handler(sig, stop.set)
+                self.loop.add_signal_handler(sig, request_stop)
         self.store = await asyncio.to_thread(StepStore, self.step.service, self.settings)
         await asyncio.to_thread(self.step.start, self.settings)
         producer = AIOKafkaProducer(
@@ -161,12 +177,18 @@ class Runtime:
                     fetch.cancel()
                     break
                 for tp, messages in fetch.result().items():
+                    done = None
                     for message in messages:
-                        if stop.is_set():
-                            break
-                        await self.consume(tp, message, producer)
-                        await consumer.commit({tp: message.offset + 1})
+                        if stop.is_set() or not await self.consume(tp, message, producer):
+                            break  # never commit past an input that was abandoned half-way
+                        done = message.offset + 1
                     await self.relay.flush()
+                    if done is not None:
+                        # Once per batch: the tracked positions, not these offsets, decide what is redone.
+                        try:
+                            await consumer.commit({tp: done})
+                        except KafkaError as e:  # e.g. a rebalance: the next owner re-reads, tracking skips
+                            logs.warn(self.log, "offset commit failed", error=str(e))
         finally:
             self.ctx.stopping.set()
             await consumer.stop()
@@ -180,27 +202,34 @@ class Runtime:
         asyncio.run_coroutine_threadsafe(self.relay.flush(), self.loop)
 
     # --- one message -----------------------------------------------------------------------
-    async def consume(self, tp: TopicPartition, message: ConsumerRecord, producer: AIOKafkaProducer) -> None:
-        if tp not in self.positions:
-            self.positions[tp] = await asyncio.to_thread(self.store.position, kafka_position(tp.topic, tp.partition))
-        done = self.positions[tp]
-        if done is not None and message.offset + 1 <= done:
-            return  # recorded before: a redelivery changes nothing
+    async def consume(self, tp: TopicPartition, message: ConsumerRecord, producer: AIOKafkaProducer) -> bool:
+        """Handles one message; False when it was abandoned half-way (the service is stopping)."""
         try:
             event = codec.decode(message.value)
         except codec.UndecodableEvent as e:
             await self.dead_letter(message, str(e), producer)
-            return
+            return True
         tracking = Tracking(kafka_position(tp.topic, tp.partition), message.offset + 1)
-        try:
-            outcome = await asyncio.to_thread(self.process, event, tracking)
-        except Interrupted:
-            return
-        except ObserveFailed as e:
-            await self.dead_letter(message, f"{self.step.service} could not take note of it: {e}", producer)
-            return
-        if outcome.action != "ignored":
-            self.positions[tp] = message.offset + 1
+        while True:
+            try:
+                outcome = await asyncio.to_thread(self._process_once, tp, message.offset, event, tracking)
+                break
+            except Interrupted:
+                return False
+            except ObserveFailed as e:
+                await self.dead_letter(message, f"{self.step.service} could not take note of it: {e}", producer)
+                return True
+            except Exception as raw:
+                err = classify(raw)
+                if not err.retriable:
+                    await self.dead_letter(message, f"{self.step.service} could not process it: {err}", producer)
+                    return True
+                # The event store (or another store) is restarting: wait for it, never skip the input.
+                logs.warn(self.log, "store unavailable, waiting", doc=event.document_id, error=str(err))
+                if self.ctx.stopping.is_set():
+                    return False
+                await asyncio.sleep(1)
+        if outcome.action not in ("ignored", "seen"):
             logs.info(
                 self.log,
                 outcome.action,
@@ -209,6 +238,18 @@ class Runtime:
                 saga=event.saga_id,
                 emitted=outcome.emitted,
             )
+        return True
+
+    def _process_once(self, tp: TopicPartition, offset: int, event: Event, tracking: Tracking) -> Outcome:
+        if tp not in self.positions:
+            self.positions[tp] = self.store.position(kafka_position(tp.topic, tp.partition))
+        done = self.positions[tp]
+        if done is not None and offset + 1 <= done:
+            return Outcome("seen")  # recorded before: a redelivery changes nothing
+        outcome = self.process(event, tracking)
+        if outcome.action != "ignored":
+            self.positions[tp] = offset + 1
+        return outcome
 
     def process(self, event: Event, tracking: Tracking) -> Outcome:
         """Decide, act and record, for one decoded event (runs in a worker thread)."""
