@@ -56,7 +56,7 @@ def fold(document_id: str, messages: Iterable[dict[str, Any]]) -> SagaState:
     """Replays a document's saga events into its state."""
     state = SagaState(document_id)
     seen: set[str] = set()
-    for m in sorted(messages, key=lambda m: m["occurred_at"]):
+    for m in causal_order(messages):
         if m["event_id"] in seen:
             continue
         seen.add(m["event_id"])
@@ -85,6 +85,21 @@ def fold(document_id: str, messages: Iterable[dict[str, Any]]) -> SagaState:
             if kind == COMPENSATION_FAILED:
                 state.errors.append(m["payload"].get("reason", ""))
     return state
+
+
+def causal_order(messages: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """By time, and by causation where times tie (the wire keeps milliseconds only)."""
+    listed = list(messages)
+    cause = {m["event_id"]: m["causation_id"] for m in listed}
+
+    def depth(event_id: str) -> int:
+        n, seen = 0, set()
+        while (event_id := cause.get(event_id)) and event_id not in seen:  # type: ignore[assignment]
+            seen.add(event_id)
+            n += 1
+        return n
+
+    return sorted(listed, key=lambda m: (m["occurred_at"], depth(m["event_id"])))
 
 
 class SagaReader:

@@ -11,7 +11,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from services.client import Client, Submission
-from services.core import topics
+from services.core import codec, topics
 from services.core.config import Settings
 from services.core.provision import SERVICES
 from services.core.saga import SagaReader
@@ -71,6 +71,34 @@ async def test_twenty_documents_complete_with_every_store_in_agreement(
         assert f.chunks == 1 and f.graph_nodes == 1 and f.relational_rows == 1 and f.security_records == 1, f
         assert chunk_count >= 1 and f.vectors == chunk_count, (doc, f, chunk_count)
         assert reader.state(doc).status == "Completed"
+    await assert_one_partition_per_document_in_causal_order(stack, set(results))
+
+
+async def assert_one_partition_per_document_in_causal_order(settings: Settings, docs: set[str]) -> None:
+    """G6: a document's events share one partition, and each event comes after its cause."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        parts = event_partitions()
+        consumer.assign(parts)
+        ends = await consumer.end_offsets(parts)
+        await consumer.seek_to_beginning(*parts)
+        partitions: dict[str, set[int]] = {}
+        seen: dict[str, set[str]] = {}
+        while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
+            for tp, records in (await consumer.getmany(timeout_ms=1000)).items():
+                for record in records:
+                    event = codec.decode(record.value)
+                    if event.document_id not in docs:
+                        continue
+                    partitions.setdefault(event.document_id, set()).add(tp.partition)
+                    earlier = seen.setdefault(event.document_id, set())
+                    assert event.causation_id is None or event.causation_id in earlier, event.event_type
+                    earlier.add(event.event_id)
+    finally:
+        await consumer.stop()
+    assert set(partitions) == docs
+    assert all(len(p) == 1 for p in partitions.values())
 
 
 async def test_redelivery_from_offset_zero_changes_nothing(services: Services, run_dir: Path, stack: Settings) -> None:
