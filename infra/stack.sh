@@ -40,6 +40,7 @@ NEO4J_CLASSES=$NEO4J_LIB/classes
 PG_BIN=/usr/lib/postgresql/$PG_MAJOR/bin
 PG_DATA=$DATA/postgres
 PG_SOCK=$RUN/postgres            # unix socket dir (owned by postgres)
+PG_LOGS=$LOGS/postgres
 
 KAFKA_JAVA_OPTS=(-Xms256m -Xmx1G -XX:+UseG1GC -XX:MaxGCPauseMillis=20
   -XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent -Djava.awt.headless=true)
@@ -182,6 +183,7 @@ fetch_postgres() {
   [[ -x $PG_BIN/initdb ]] && return 0
   log "PostgreSQL $PG_MAJOR not installed; installing postgresql-$PG_MAJOR with apt-get"
   apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "postgresql-$PG_MAJOR"
+  pg_locate
 }
 
 cmd_fetch() {
@@ -298,18 +300,31 @@ neo4j_answers() { [[ -s $RUN/neo4j.ready ]] && bolt_handshake; }
 
 # ---------------------------------------------------------------- PostgreSQL
 
+# The postgres OS user must be able to enter the stack folder. When it cannot (a checkout
+# under a private 0700 directory, as `mktemp -d` makes), the cluster lives in a folder of
+# its own under postgres's home instead, linked from the stack folder so it is still found.
+pg_locate() {
+  id postgres >/dev/null 2>&1 || return 0
+  mkdir -p "$DATA" "$LOGS"
+  as_postgres test -x "$STACK_DIR" && return 0
+  local home
+  home=$(getent passwd postgres | cut -d: -f6)/uds3-$(printf '%s' "$STACK_DIR" | sha1sum | cut -c1-12)
+  PG_DATA=$home/data PG_SOCK=$home/run PG_LOGS=$home/logs
+  mkdir -p "$home" && chown postgres:postgres "$home"
+  ln -sfn "$PG_DATA" "$DATA/postgres"
+  ln -sfn "$PG_LOGS" "$LOGS/postgres"
+}
+
 pg_pid() { live_pid "$PG_DATA/postmaster.pid" postgres; }
 
 pg_init_once() {
   [[ -f $PG_DATA/PG_VERSION ]] && return 0
-  as_postgres test -x "$STACK_DIR" ||
-    die "the postgres OS user cannot enter $STACK_DIR; set UDS3_STACK_DIR to a path readable by it"
   log "creating PostgreSQL $PG_MAJOR cluster in $PG_DATA"
   mkdir -p "$PG_DATA" && chown postgres:postgres "$PG_DATA" && chmod 700 "$PG_DATA"
   # local socket: peer (the postgres OS user administers); TCP: passwords (scram)
   as_postgres "$PG_BIN/initdb" -D "$PG_DATA" -U postgres -E UTF8 --locale=C.UTF-8 \
-    --auth-local=peer --auth-host=scram-sha-256 >"$LOGS/postgres/initdb.log" 2>&1 ||
-    { tail -n 20 "$LOGS/postgres/initdb.log" >&2; die "initdb failed"; }
+    --auth-local=peer --auth-host=scram-sha-256 >"$PG_LOGS/initdb.log" 2>&1 ||
+    { tail -n 20 "$PG_LOGS/initdb.log" >&2; die "initdb failed"; }
   # port and socket dir are passed by pg_ctl at every start (so env vars apply)
   cat >>"$PG_DATA/postgresql.conf" <<'EOF'
 
@@ -321,8 +336,8 @@ EOF
 }
 
 pg_start() {
-  mkdir -p "$LOGS/postgres" "$PG_SOCK"
-  chown postgres:postgres "$LOGS/postgres" "$PG_SOCK"
+  mkdir -p "$PG_LOGS" "$PG_SOCK"
+  chown postgres:postgres "$PG_LOGS" "$PG_SOCK"
   pg_init_once
   pg_pid >/dev/null && return 0
   require_free_port "$PG_PORT" "PostgreSQL" UDS3_PG_PORT
@@ -330,8 +345,8 @@ pg_start() {
   # pg_ctl daemonizes the postmaster and (-w) waits until it accepts connections;
   # PostgreSQL starts in about a second while the JVMs started before keep booting
   as_postgres "$PG_BIN/pg_ctl" start -w -t "$UP_TIMEOUT" -D "$PG_DATA" \
-    -l "$LOGS/postgres/postgres.log" -o "-p $PG_PORT -k $PG_SOCK" 9>&- >/dev/null ||
-    { show_logs "$LOGS/postgres"; die "PostgreSQL failed to start (logs above)"; }
+    -l "$PG_LOGS/postgres.log" -o "-p $PG_PORT -k $PG_SOCK" 9>&- >/dev/null ||
+    { show_logs "$PG_LOGS"; die "PostgreSQL failed to start (logs above)"; }
 }
 
 pg_answers() { "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT"; }
@@ -373,7 +388,7 @@ cmd_up() {
   kafka_start
   neo4j_start
   pg_start
-  wait_for PostgreSQL "$LOGS/postgres" "$PG_DATA/postmaster.pid" postgres pg_answers
+  wait_for PostgreSQL "$PG_LOGS" "$PG_DATA/postmaster.pid" postgres pg_answers
   pg_ensure_role
   wait_for Neo4j "$LOGS/neo4j" "$RUN/neo4j.pid" Neo4jLauncher neo4j_answers
   wait_for Kafka "$LOGS/kafka" "$RUN/kafka.pid" kafka.Kafka kafka_answers
@@ -420,7 +435,7 @@ cmd_logs() {
   case $which in
     kafka | all) tail -n 30 "$LOGS/kafka/server.log" 2>/dev/null | sed 's/^/kafka| /' ;;&
     neo4j | all) tail -n 30 "$LOGS/neo4j/neo4j.out" 2>/dev/null | sed 's/^/neo4j| /' ;;&
-    postgres | all) tail -n 30 "$LOGS/postgres/postgres.log" 2>/dev/null | sed 's/^/postgres| /' ;;&
+    postgres | all) tail -n 30 "$PG_LOGS/postgres.log" 2>/dev/null | sed 's/^/postgres| /' ;;&
     kafka | neo4j | postgres | all) ;;
     *) die "logs: unknown server '$which' (kafka|neo4j|postgres)" ;;
   esac
@@ -429,6 +444,7 @@ cmd_logs() {
 main() {
   local cmd=${1:-}
   shift || true
+  pg_locate
   case $cmd in
     fetch) lock_stack; cmd_fetch ;;
     up) cmd_up ;;
