@@ -22,7 +22,7 @@ from services.core.events import (
 )
 from services.core.step import Context, Step, Undone
 from services.core.steplog import StepLog
-from services.uploader.validation import validate
+from services.uploader.validation import Refused, validate
 
 PROGRESS_EVERY_S = 0.5
 
@@ -47,10 +47,17 @@ class UploaderStep(Step):
             return
         p = event.payload
         valid = validate(p["source_uri"], ctx.settings.allowed_root, ctx.settings.max_file_bytes)
-        chunk_size = ctx.settings.chunk_bytes
+        started = log.last_emitted(UPLOAD_STARTED)
+        # A resumed upload keeps the chunking it started with (UDS3_CHUNK_BYTES may have changed since).
+        chunk_size = started.payload["chunk_size"] if started else ctx.settings.chunk_bytes
+        if started and started.payload["total_bytes"] != valid.size:
+            raise Refused(
+                f"{valid.path}: changed while it was being uploaded ({started.payload['total_bytes']} bytes when "
+                f"the upload started, {valid.size} now); submit it again once it is complete"
+            )
         total_chunks = -(-valid.size // chunk_size)
         operation_id = str(uuid.uuid5(NAMESPACE, f"upload/{event.document_id}/{event.saga_id}"))
-        if not log.has_emitted(UPLOAD_STARTED):
+        if started is None:
             log.emit_event(
                 event.follow(
                     UPLOAD_STARTED,
@@ -100,7 +107,8 @@ class UploaderStep(Step):
         done_bytes = sum(r.length for r in refs)
         with open(path, "rb") as f, ThreadPoolExecutor(ctx.settings.upload_parallelism) as pool:
             for index in range(-(-size // chunk_size)):
-                ctx.check_stop()
+                if ctx.stopping.is_set():
+                    break  # stopping: record the chunks in flight below, then stop
                 offset = index * chunk_size
                 data = f.read(chunk_size)
                 whole.update(data)
@@ -113,6 +121,7 @@ class UploaderStep(Step):
             while pending:
                 done_bytes += self._finish(pending.pop(0), event, log, ctx, operation_id, refs)
                 reporter.maybe_report(done_bytes)
+        ctx.check_stop()  # a graceful stop leaves every written chunk recorded: the resume redoes none
         return refs, whole.hexdigest()
 
     def _finish(

@@ -38,21 +38,36 @@ def validate(source_uri: str, allowed_root: Path, max_bytes: int) -> ValidFile:
         raise Refused(f"{raw}: give an absolute path")
     if not os.path.lexists(raw):
         raise Refused(f"{raw}: no such file")
-    real = raw.resolve()  # follows symlinks and `..`, so the root check sees the real place
+    try:
+        real = raw.resolve()  # follows symlinks and `..`, so the root check sees the real place
+    except (OSError, RuntimeError) as e:  # a symlink loop, or a folder on the way we may not enter
+        raise Refused(f"{raw}: the path cannot be resolved ({e})") from e
     root = allowed_root.resolve()
     if not real.is_relative_to(root):
-        raise Refused(f"{raw}: outside the allowed root {root} (resolves to {real})")
-    st = real.stat()
+        raise Refused(f"{raw}: outside the allowed root {root} (resolves to {real}); move it under the root")
+    try:
+        st = real.stat()
+    except FileNotFoundError as e:
+        raise Refused(f"{raw}: no such file (a symlink to {real}, which does not exist)") from e
+    except OSError as e:
+        raise Refused(f"{raw}: cannot be inspected ({e.strerror}); check the permissions of its folders") from e
+    if stat.S_ISDIR(st.st_mode):
+        raise Refused(f"{raw}: is a directory; submit one file at a time")
     if not stat.S_ISREG(st.st_mode):
-        raise Refused(f"{raw}: not a regular file")
+        raise Refused(f"{raw}: not a regular file (a device, pipe or socket)")
     if not os.access(real, os.R_OK):
         raise Refused(f"{raw}: not readable by the uploader (check its permissions)")
     if st.st_size == 0:
         raise Refused(f"{raw}: the file is empty")
     if st.st_size > max_bytes:
         raise Refused(f"{raw}: {st.st_size} bytes is over the limit of {max_bytes} (UDS3_MAX_FILE_BYTES)")
-    with open(real, "rb") as f:
-        head = f.read(8192)
+    try:  # os.access can say yes where open says no (ACLs, network file systems, a chmod since)
+        with open(real, "rb") as f:
+            head = f.read(8192)
+    except PermissionError as e:
+        raise Refused(f"{raw}: not readable by the uploader (check its permissions)") from e
+    except OSError as e:
+        raise Refused(f"{raw}: cannot be read ({e.strerror})") from e
     return ValidFile(real, st.st_size, sniff(head, raw))
 
 
@@ -67,4 +82,4 @@ def sniff(head: bytes, path: Path) -> str:
         except UnicodeDecodeError as e:
             if e.start >= len(head) - 4:  # a multi-byte character cut at the edge of the sample
                 return TEXT
-    raise Refused(f"{path}: not a PDF or UTF-8 text file (unrecognised content)")
+    raise Refused(f"{path}: not a PDF or UTF-8 text file (unrecognised content); only those can be ingested")

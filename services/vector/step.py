@@ -7,12 +7,15 @@ after a crash the step skips the chunks already upserted and redoes at most one 
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any
 
+from services.core import logs
 from services.core.chunkstore import ChunkStore
 from services.core.config import Settings
 from services.core.errors import PermanentError
@@ -21,9 +24,19 @@ from services.core.step import Context, Step, Undone
 from services.core.steplog import StepLog
 from services.vector.adapters import TEXT_MAX, VectorIndex, chunk_key
 from services.vector.embedding import Embedder, load_embedder
-from services.vector.text import Chunk, UnreadableDocument, chunk_pages, iter_pdf_pages, iter_text_blocks
+from services.vector.text import (
+    Chunk,
+    CorruptPdf,
+    EncryptedPdf,
+    UnreadableDocument,
+    chunk_pages,
+    iter_pdf_pages,
+    iter_text_blocks,
+)
 
 _END = object()
+
+logger = logging.getLogger("vector")
 
 
 class VectorStep(Step):
@@ -52,28 +65,32 @@ class VectorStep(Step):
         stats = _Stats()
         started = time.monotonic()
         chunks = self._chunks(event.document_id, is_pdf, stats, ctx.settings)
-        for batch in _batches(chunks, ctx.settings.embed_batch, ctx):
-            if batch[-1].index < done:
-                continue  # upserted before the crash
-            batch = [c for c in batch if c.index >= done]
-            vectors = self.embedder.embed([c.text for c in batch])
-            self.vectors.upsert([_row(event.document_id, c, v) for c, v in zip(batch, vectors, strict=True)])
-            done = batch[-1].index + 1
-            batch_no += 1
-            elapsed = max(time.monotonic() - started, 1e-6)
-            log.emit_event(
-                event.follow(
-                    VECTORS_PROGRESSED,
-                    self.service,
-                    seq=batch_no,
-                    pages_done=stats.pages,
-                    pages_total=stats.pages_total,
-                    chunks_done=done,
-                    chunks_per_second=stats.embedded(len(batch)) / elapsed,
-                    batch=batch_no,
+        # closing(): a failure or stop ends the extractor thread now, not when the generator is collected.
+        with contextlib.closing(_batches(chunks, ctx.settings.embed_batch, ctx)) as batches:
+            for batch in batches:
+                if batch[-1].index < done:
+                    continue  # upserted before the crash
+                batch = [c for c in batch if c.index >= done]
+                # One line per batch, before the work: after a crash, the log shows what was redone.
+                logs.info(logger, "embedding", doc=event.document_id, first=batch[0].index, last=batch[-1].index)
+                vectors = self.embedder.embed([c.text for c in batch])
+                self.vectors.upsert([_row(event.document_id, c, v) for c, v in zip(batch, vectors, strict=True)])
+                done = batch[-1].index + 1
+                batch_no += 1
+                elapsed = max(time.monotonic() - started, 1e-6)
+                log.emit_event(
+                    event.follow(
+                        VECTORS_PROGRESSED,
+                        self.service,
+                        seq=batch_no,
+                        pages_done=stats.pages,
+                        pages_total=stats.pages_total,
+                        chunks_done=done,
+                        chunks_per_second=stats.embedded(len(batch)) / elapsed,
+                        batch=batch_no,
+                    )
                 )
-            )
-            ctx.checkpoint(log)
+                ctx.checkpoint(log)
         log.emit_event(
             event.follow(
                 VECTORS_INDEXED,
@@ -125,7 +142,7 @@ class _Stats:
         return self.chunks
 
 
-def _batches(chunks: Iterator[Chunk], size: int, ctx: Context) -> Iterator[list[Chunk]]:
+def _batches(chunks: Iterator[Chunk], size: int, ctx: Context) -> Generator[list[Chunk], None, None]:
     """Batches of chunks, extracted by a thread running ahead (bounded: memory stays flat)."""
     q: queue.Queue[Any] = queue.Queue(maxsize=4)
     abandoned = threading.Event()
@@ -151,11 +168,16 @@ def _batches(chunks: Iterator[Chunk], size: int, ctx: Context) -> Iterator[list[
                 put(batch)
             put(_END)
         except UnreadableDocument as e:
-            put(PermanentError(str(e)))
+            put(PermanentError(_reason(e)))
         except Exception as e:
             put(e)
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()  # closes the PDF here, in this thread: pypdfium2 is not thread-safe
 
-    threading.Thread(target=produce, daemon=True, name="extract").start()
+    extractor = threading.Thread(target=produce, daemon=True, name="extract")
+    extractor.start()
     try:
         while True:
             ctx.check_stop()
@@ -167,6 +189,16 @@ def _batches(chunks: Iterator[Chunk], size: int, ctx: Context) -> Iterator[list[
             yield item
     finally:
         abandoned.set()  # the consumer stopped early (failure, stop): let the extractor end
+        extractor.join()  # before a retry starts another one (one PDFium user at a time)
+
+
+def _reason(e: UnreadableDocument) -> str:
+    """What a person reads in VectorsFailed: what is wrong with the document, in plain words."""
+    if isinstance(e, EncryptedPdf):
+        return f"encrypted PDF: it needs a password, submit a decrypted copy ({e})"
+    if isinstance(e, CorruptPdf):
+        return f"corrupt PDF: its content cannot be read ({e})"
+    return f"unreadable document: {e}"
 
 
 def _row(document_id: str, chunk: Chunk, vector: Any) -> dict[str, Any]:

@@ -35,7 +35,10 @@ class VerifierStep(Step):
             raise IntegrityMismatch(f"declared sha256 {declared} does not match the uploaded content {streamed}")
         whole = hashlib.sha256()
         size = 0
-        refs = self.chunks.manifest(event.document_id)
+        try:
+            refs = self.chunks.manifest(event.document_id)
+        except FileNotFoundError as e:
+            raise IntegrityMismatch("the upload's manifest is missing from the chunk store") from e
         if len(refs) != event.payload["chunk_count"]:
             reported = event.payload["chunk_count"]
             raise IntegrityMismatch(f"manifest lists {len(refs)} chunks, the upload reported {reported}")
