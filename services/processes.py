@@ -18,7 +18,9 @@ from services.core.provision import SERVICES
 
 
 def run_dir() -> Path:
-    d = Path(os.environ.get("UDS3_STACK_DIR", REPO_ROOT / ".stack")) / "services"
+    """Where service logs and pid files go (UDS3_SERVICES_DIR, default .stack/services)."""
+    default = Path(os.environ.get("UDS3_STACK_DIR", REPO_ROOT / ".stack")) / "services"
+    d = Path(os.environ.get("UDS3_SERVICES_DIR", default))
     d.mkdir(parents=True, exist_ok=True)
     return d
 
@@ -28,7 +30,9 @@ class ServiceProcess:
 
     def __init__(self, service: str, replica: int = 0, env: dict[str, str] | None = None) -> None:
         self.service, self.replica = service, replica
-        self.env = {**os.environ, **(env or {})}
+        # Static group membership: a restarted replica takes its partitions back at once
+        # instead of waiting out the session timeout (30 s) of its killed predecessor.
+        self.env = {**os.environ, "UDS3_GROUP_INSTANCE": str(replica), **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = run_dir() / f"{service}-{replica}.log"
         self.pid_path = run_dir() / f"{service}-{replica}.pid"

@@ -1,21 +1,45 @@
-"""Shared fixtures: the native stack is started once per run (never per test)."""
+"""Shared fixtures: the native stack is started once per run (never per test).
+
+Each test run is isolated from any other run on the same stack: its own topic prefix and
+consumer groups, its own PostgreSQL database (event stores, tables), its own chunk store
+and milvus-lite file. The settings are exported at import, before any module reads them,
+so the test process and the service processes it starts see the same ones.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import subprocess
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
+from psycopg import sql
 
 from services.core.config import REPO_ROOT, Settings
 
-# One topic prefix per test run: the run's services, clients and tracking positions never
-# see another run's messages. Set before any module reads it.
-os.environ.setdefault("UDS3_TOPIC_PREFIX", f"t{uuid.uuid4().hex[:8]}")
+RUN_ID = f"t{uuid.uuid4().hex[:8]}"
+RUN_DIR = Path(tempfile.mkdtemp(prefix=f"uds3-{RUN_ID}-"))
+RUN_ENV = {
+    "UDS3_TOPIC_PREFIX": RUN_ID,
+    "UDS3_PG_DATABASE": f"uds3_{RUN_ID}",
+    "UDS3_CHUNK_STORE": str(RUN_DIR / "chunks"),
+    "UDS3_MILVUS_URI": str(RUN_DIR / "milvus" / "vectors.db"),
+    "UDS3_ALLOWED_ROOT": str(RUN_DIR),
+    "UDS3_SERVICES_DIR": str(RUN_DIR / "services"),
+    "UDS3_RETRY_BASE_S": "0.1",
+    # Fault injection by title (tests/e2e/test_failures.py): no other test's titles match.
+    "UDS3_FAULTS": (
+        "uploader:permanent@fail-upload,verifier:permanent@fail-integrity,security:permanent@fail-security,"
+        "vector:permanent@fail-vectors,graph:permanent@fail-graph,relational:permanent@fail-relational,"
+        "graph:transient:2@flaky-graph,graph:undo-permanent@stuck-undo"
+    ),
+}
+os.environ.update(RUN_ENV)
 
 
 def _stack_is_up() -> bool:
@@ -28,22 +52,28 @@ def _stack_is_up() -> bool:
 
 
 @pytest.fixture(scope="session")
-def stack() -> Settings:
-    """The real Kafka, PostgreSQL and Neo4j from infra/, provisioned, with this run's topics."""
+def stack() -> Iterator[Settings]:
+    """The real Kafka, PostgreSQL and Neo4j from infra/, with this run's database and topics."""
     if not _stack_is_up():
         subprocess.run(["bash", "infra/stack.sh", "up"], cwd=REPO_ROOT, check=True)
     from services.core import topics
     from services.core.provision import provision
 
     settings = Settings()
+    admin = Settings(pg_database="uds3")
+    with psycopg.connect(admin.pg_dsn(), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(settings.pg_database)))
     provision(settings)
     asyncio.run(topics.ensure_topics(settings.kafka_bootstrap))
-    return settings
+    yield settings
+    with psycopg.connect(admin.pg_dsn(), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(settings.pg_database)))
 
 
 @pytest.fixture(scope="session")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("run")
+def run_dir() -> Path:
+    """This run's folder (outside pytest's own temp rotation, which other runs may prune)."""
+    return RUN_DIR
 
 
 @pytest.fixture
@@ -52,25 +82,12 @@ def doc_id() -> str:
 
 
 @pytest.fixture(scope="session")
-def service_env(run_dir: Path) -> dict[str, str]:
-    """Environment of the service processes this run starts: their own chunk store and Milvus file."""
-    return {
-        "UDS3_TOPIC_PREFIX": os.environ["UDS3_TOPIC_PREFIX"],
-        "UDS3_CHUNK_STORE": str(run_dir / "chunks"),
-        "UDS3_MILVUS_URI": str(run_dir / "milvus" / "vectors.db"),
-        "UDS3_ALLOWED_ROOT": str(run_dir),
-        "UDS3_RETRY_BASE_S": "0.1",
-    }
+def service_env() -> dict[str, str]:
+    """Environment of the service processes this run starts."""
+    return dict(RUN_ENV)
 
 
 @pytest.fixture(scope="session")
-def env_applied(service_env: dict[str, str]) -> Iterator[dict[str, str]]:
-    """The test process sees the same settings as the services it talks to."""
-    old = {k: os.environ.get(k) for k in service_env}
-    os.environ.update(service_env)
-    yield service_env
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+def env_applied(service_env: dict[str, str]) -> dict[str, str]:
+    """The test process already runs with the same settings as its services."""
+    return service_env

@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from services.cli.ops import audit_app, dlq_app
+from services.cli.ops import audit_app, dlq_app, saga_compensate, saga_retry
 from services.client import Client
 from services.core.config import Settings
 from services.core.events import STEPS, SUCCESS_EVENT, TERMINAL_EVENTS, Event
@@ -242,6 +242,10 @@ def _last_step_event(state: Any) -> Event:
     return event_of(state.history[-1])
 
 
+saga_app.command("retry")(friendly(saga_retry))
+saga_app.command("compensate")(friendly(saga_compensate))
+
+
 @app.command()
 @friendly
 def resume(document_id: str) -> None:
@@ -342,7 +346,11 @@ def search(query: str, k: int = typer.Option(5, "-k")) -> None:
     embedder = load_embedder(settings.embedder, model_dir=settings.model_dir)  # type: ignore[arg-type]
     vector = embedder.embed([query])[0]
     table = Table("score", "document", "page", "chunk", "text")
-    for hit in index.search(vector.tolist(), k):
+    try:
+        hits = index.search(vector.tolist(), k)
+    finally:
+        index.close()
+    for hit in hits:
         table.add_row(
             f"{hit['score']:.3f}",
             hit["document_id"],

@@ -154,8 +154,12 @@ class Client:
     async def _follow(
         self, follow: list[topics.Topic], since_ms: int | None, document_id: str | None
     ) -> AsyncIterator[Event]:
+        # "earliest": with "latest", the reset still in flight after assign() can override our seek.
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap, enable_auto_commit=False, isolation_level="read_committed"
+            bootstrap_servers=self.settings.kafka_bootstrap,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            auto_offset_reset="earliest",
         )
         await consumer.start()
         try:

@@ -48,7 +48,8 @@ class Settings:
     allowed_root: Path = field(default_factory=lambda: Path(_env("UDS3_ALLOWED_ROOT", "/")))
     max_file_bytes: int = field(default_factory=lambda: int(_env("UDS3_MAX_FILE_BYTES", str(4 * 1024**3))))
     chunk_bytes: int = field(default_factory=lambda: int(_env("UDS3_CHUNK_BYTES", str(5 * 1024 * 1024))))
-    upload_parallelism: int = field(default_factory=lambda: int(_env("UDS3_UPLOAD_PARALLELISM", "2")))
+    # One chunk in flight (while the next is read and hashed): a crash redoes at most one chunk (G4).
+    upload_parallelism: int = field(default_factory=lambda: int(_env("UDS3_UPLOAD_PARALLELISM", "1")))
     text_chunk_chars: int = field(default_factory=lambda: int(_env("UDS3_TEXT_CHUNK_CHARS", "1000")))
     text_chunk_overlap: int = field(default_factory=lambda: int(_env("UDS3_TEXT_CHUNK_OVERLAP", "100")))
     embed_batch: int = field(default_factory=lambda: int(_env("UDS3_EMBED_BATCH", "32")))
@@ -60,6 +61,9 @@ class Settings:
     step_deadline_s: float = field(default_factory=lambda: float(_env("UDS3_STEP_DEADLINE_S", "60")))
     retry_base_s: float = field(default_factory=lambda: float(_env("UDS3_RETRY_BASE_S", "0.2")))
     faults: str = field(default_factory=lambda: _env("UDS3_FAULTS", ""))
+    # A name for this replica, unique within its service (e.g. "0"): Kafka static group membership,
+    # so a restarted replica takes its partitions back at once instead of after the session timeout.
+    group_instance: str = field(default_factory=lambda: _env("UDS3_GROUP_INSTANCE", ""))
 
     def pg_dsn(self, user: str | None = None, password: str | None = None) -> str:
         user = user or self.pg_admin_user

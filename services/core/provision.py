@@ -29,13 +29,11 @@ def provision(settings: Settings | None = None) -> None:
         conn.execute("REVOKE ALL ON SCHEMA public FROM PUBLIC")
         for service in SERVICES:
             role, password = settings.service_role(service)
-            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
-            verb = "ALTER" if exists else "CREATE"
-            conn.execute(
-                sql.SQL("{} ROLE {} LOGIN PASSWORD {}").format(
-                    sql.SQL(verb), sql.Identifier(role), sql.Literal(password)
+            # Roles are cluster-wide and created once (to rotate a password: ALTER ROLE by hand).
+            if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone():
+                conn.execute(
+                    sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(role), sql.Literal(password))
                 )
-            )
             conn.execute(
                 sql.SQL("CREATE SCHEMA IF NOT EXISTS {} AUTHORIZATION {}").format(
                     sql.Identifier(service), sql.Identifier(role)

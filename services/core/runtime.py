@@ -23,6 +23,7 @@ import contextlib
 import logging
 import random
 import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -129,6 +130,7 @@ class Runtime:
         self.ctx = Context(self.settings)
         self.positions: dict[TopicPartition, int | None] = {}
         self.group = f"{topics.PREFIX}-{step.service}"  # one consumer group per service
+        self._flush_queued = threading.Event()
         self.store: StepStore
         self.relay: Relay
         self.loop: asyncio.AbstractEventLoop
@@ -159,6 +161,7 @@ class Runtime:
             max_poll_interval_ms=6 * 3600 * 1000,  # the vector step may embed for a long time
             session_timeout_ms=30_000,
             heartbeat_interval_ms=3_000,
+            group_instance_id=f"{self.group}-{self.settings.group_instance}" if self.settings.group_instance else None,
         )
         await topics.ensure_topics(self.settings.kafka_bootstrap)  # idempotent; the broker never auto-creates
         await producer.start()
@@ -197,9 +200,16 @@ class Runtime:
             logs.info(self.log, "stopped")
 
     def _checkpoint(self, log: StepLog) -> None:
-        """Called from a handler's thread: record progress, then let the relay publish it."""
+        """Called from a handler's thread: record progress, then let the relay publish it
+        (one flush queued at a time: a fast upload checkpoints faster than Kafka needs)."""
         self.store.record(log)
-        asyncio.run_coroutine_threadsafe(self.relay.flush(), self.loop)
+        if not self._flush_queued.is_set():
+            self._flush_queued.set()
+            asyncio.run_coroutine_threadsafe(self._queued_flush(), self.loop)
+
+    async def _queued_flush(self) -> None:
+        self._flush_queued.clear()
+        await self.relay.flush()
 
     # --- one message -----------------------------------------------------------------------
     async def consume(self, tp: TopicPartition, message: ConsumerRecord, producer: AIOKafkaProducer) -> bool:
@@ -229,7 +239,7 @@ class Runtime:
                 if self.ctx.stopping.is_set():
                     return False
                 await asyncio.sleep(1)
-        if outcome.action not in ("ignored", "seen"):
+        if outcome.action not in ("ignored", "seen", "observed"):
             logs.info(
                 self.log,
                 outcome.action,
@@ -258,6 +268,13 @@ class Runtime:
         undo = step.next_step is not None and event.event_type in (failed(step.next_step), compensated(step.next_step))
         if not (forward or undo or event.event_type in step.remembers | step.observes):
             return Outcome("ignored")
+        if not (forward or undo or event.event_type in step.remembers):
+            # Observe-only (the audit trail): idempotent by itself, so no event-store write.
+            try:
+                step.observe(event, self.ctx)
+            except Exception as raw:
+                raise ObserveFailed(str(classify(raw))) from raw
+            return Outcome("observed")
         deadline = time.monotonic() + self.settings.step_deadline_s
         attempt = 0
         while True:
@@ -270,7 +287,7 @@ class Runtime:
                 log.receive(message_of(event))
             try:
                 if event.event_type in step.observes:
-                    step.observe(event, log, self.ctx)
+                    step.observe(event, self.ctx)
                 if forward:
                     self._forward(event, log)
                 elif undo:

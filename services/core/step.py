@@ -55,7 +55,7 @@ class Step(ABC):
     def stop(self) -> None:  # noqa: B027 - optional hook
         """Close connections (idempotent)."""
 
-    def observe(self, event: Event, log: StepLog, ctx: Context) -> None:  # noqa: B027 - optional hook
+    def observe(self, event: Event, ctx: Context) -> None:  # noqa: B027 - optional hook
         """Take note of an event this step does not act on (must be idempotent)."""
 
     @abstractmethod

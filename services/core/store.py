@@ -38,7 +38,6 @@ def store_env(service: str, settings: Settings, *, admin: bool = False) -> dict[
         "POSTGRES_PASSWORD": password,
         "POSTGRES_SCHEMA": service,
         "POSTGRES_POOL_SIZE": "4",
-        "POSTGRES_PRE_PING": "y",
         "CREATE_TABLE": "n" if admin else "y",
     }
 

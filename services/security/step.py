@@ -118,6 +118,6 @@ class SecurityStep(Step):
             return Undone("security record deleted; audit trail notes the removal", removed)
         return Undone("no security record to delete", 0)
 
-    def observe(self, event: Event, log: StepLog, ctx: Context) -> None:
+    def observe(self, event: Event, ctx: Context) -> None:
         """Appends `event` to the audit trail (a redelivered event adds nothing: UNIQUE event_id)."""
         self._store().append(audit_draft(event))

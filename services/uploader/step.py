@@ -95,10 +95,11 @@ class UploaderStep(Step):
         operation_id: str,
         stored: dict[int, Event],
     ) -> tuple[list[ChunkRef], str]:
-        """Reads the file once in order (whole-file hash), writes missing chunks in parallel.
+        """Reads the file once in order (whole-file hash) while missing chunks are written.
 
-        At most `upload_parallelism` chunks are in flight, so memory stays flat and a crash
-        redoes at most those: every finished chunk is checkpointed as ChunkStored.
+        Reading and hashing chunk i+1 overlaps writing chunk i. At most `upload_parallelism`
+        writes are in flight (default 1), so memory stays flat and a crash redoes at most
+        those: every finished chunk is checkpointed as ChunkStored.
         """
         whole = hashlib.sha256()
         refs = [ChunkRef(i, e.payload["offset"], e.payload["length"], e.payload["sha256"]) for i, e in stored.items()]
@@ -114,10 +115,10 @@ class UploaderStep(Step):
                 whole.update(data)
                 if index in stored:
                     continue
-                pending.append((index, offset, len(data), pool.submit(self.chunks.put, event.document_id, index, data)))
                 while len(pending) >= ctx.settings.upload_parallelism:
                     done_bytes += self._finish(pending.pop(0), event, log, ctx, operation_id, refs)
                     reporter.maybe_report(done_bytes)
+                pending.append((index, offset, len(data), pool.submit(self.chunks.put, event.document_id, index, data)))
             while pending:
                 done_bytes += self._finish(pending.pop(0), event, log, ctx, operation_id, refs)
                 reporter.maybe_report(done_bytes)

@@ -117,7 +117,7 @@ def page_count(opener: Opener) -> int:
         pdf.close()
 
 
-def iter_pdf_pages(opener: Opener, reopen_every: int = 150) -> Generator[Page, None, None]:
+def iter_pdf_pages(opener: Opener, reopen_every: int = 1000) -> Generator[Page, None, None]:
     """Yield every page of the PDF in order, reopening the document every ``reopen_every`` pages.
 
     ``opener`` is called once per (re)open and must return the same document each time: a path

@@ -96,10 +96,10 @@ def test_handling_twice_changes_nothing(step: SecurityStep, settings: Settings) 
 def test_observe_appends_each_event_once(step: SecurityStep, settings: Settings) -> None:
     doc = str(uuid.uuid4())
     sub = submitted(doc)
-    out, log = run(step, settings, sub)
+    out, _ = run(step, settings, sub)
     ctx = Context(settings)
     for event in (sub, sub, out, out):  # redeliveries; SecurityRecorded is already in the trail
-        step.observe(event, log, ctx)
+        step.observe(event, ctx)
     assert step.store is not None
     entries = step.store.entries(doc)
     assert [e.event_type for e in entries] == [SECURITY_RECORDED, DOCUMENT_SUBMITTED]
@@ -149,8 +149,8 @@ def test_tampered_detail_is_reported_at_its_seq(step: SecurityStep, settings: Se
 def test_deleted_row_is_reported(step: SecurityStep, settings: Settings, admin: psycopg.Connection) -> None:
     doc = str(uuid.uuid4())
     sub = submitted(doc)
-    out, log = run(step, settings, sub)
-    step.observe(sub, log, Context(settings))  # a second entry after the first
+    out, _ = run(step, settings, sub)
+    step.observe(sub, Context(settings))  # a second entry after the first
     seq = out.payload["audit_entry"]
     before = problems_at(admin)
     admin.commit()
@@ -168,12 +168,12 @@ def test_concurrent_appends_keep_one_chain(step: SecurityStep, settings: Setting
     sub = submitted(doc)
     before = problems_at(admin)
     admin.commit()
-    log, ctx = StepLog("security", doc), Context(settings)
+    ctx = Context(settings)
     events = [sub.follow("UploadStarted", "uploader", seq=i) for i in range(24)]
 
     def append(part: list[Event]) -> None:
         for e in part:
-            step.observe(e, log, ctx)
+            step.observe(e, ctx)
 
     threads = [threading.Thread(target=append, args=(events[i::4] * 2,)) for i in range(4)]
     for t in threads:

@@ -1,0 +1,66 @@
+"""This run's own Kafka topics and PostgreSQL database: created at the start, removed at the end.
+
+A database of its own, not just a topic prefix: each service's event store is its outbox, and
+a relay publishes everything recorded in its schema that is not yet published, to its own
+topics. Sharing the `uds3` database with other runs' services would let their relays publish
+our events to their topics (and ours theirs to ours).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import psycopg
+from aiokafka.admin import AIOKafkaAdminClient
+from psycopg import sql
+
+from services.core import topics
+from services.core.config import Settings
+from services.core.provision import provision
+
+
+def _admin_dsn(settings: Settings) -> str:
+    return settings.pg_dsn().rsplit("/", 1)[0] + "/postgres"
+
+
+def create_database(settings: Settings) -> None:
+    with psycopg.connect(_admin_dsn(settings), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(settings.pg_database)))
+    provision(settings)  # the services' schemas, grants and migrations, in the new database
+
+
+def drop_database(settings: Settings) -> None:
+    assert settings.pg_database.startswith("bench"), settings.pg_database  # never anyone else's
+    with psycopg.connect(_admin_dsn(settings), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(settings.pg_database)))
+
+
+async def create_topics(settings: Settings) -> None:
+    await topics.ensure_topics(settings.kafka_bootstrap)
+
+
+async def delete_topics(settings: Settings) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        ours = [t.name for t in topics.ALL_TOPICS if t.name in existing and t.name.startswith(topics.PREFIX + ".")]
+        if ours:
+            await admin.delete_topics(ours)
+    finally:
+        await admin.close()
+
+
+def create(settings: Settings) -> None:
+    create_database(settings)
+    asyncio.run(create_topics(settings))
+
+
+def remove(settings: Settings) -> None:
+    """Deletes this run's topics and drops its database; one failing does not stop the other."""
+    for what, undo in (("topics", lambda: asyncio.run(delete_topics(settings))),
+                       ("database", lambda: drop_database(settings))):
+        try:
+            undo()
+        except Exception as e:
+            print(f"  could not remove this run's {what}: {type(e).__name__}: {e}", flush=True)
