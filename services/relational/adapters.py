@@ -1,21 +1,17 @@
 """PostgreSQL I/O of the relational service: the `relational.documents` table.
 
-Driver errors become TransientError / PermanentError in `_translated`, the one boundary.
+Driver errors become TransientError / PermanentError in `PgStore._transaction`, the one boundary.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
-import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
-from psycopg_pool import ConnectionPool, PoolTimeout
 
-from services.core.errors import PermanentError, TransientError
+from services.core.pg import PgStore
 from services.relational.row import DocumentRow
 
 _COLUMNS = tuple(DocumentRow.__dataclass_fields__)
@@ -32,39 +28,8 @@ _UPSERT = sql.SQL(
 )
 
 
-@contextmanager
-def _translated(what: str) -> Iterator[None]:
-    try:
-        yield
-    except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout) as e:
-        raise TransientError(f"relational store, {what}: {e}") from e
-    except psycopg.Error as e:
-        raise PermanentError(f"relational store, {what}: {type(e).__name__}: {e}") from e
-
-
-class DocumentsTable:
-    def __init__(self, dsn: str) -> None:
-        self.dsn = dsn
-        self._pool: ConnectionPool | None = None
-
-    def open(self) -> None:
-        if self._pool is None:
-            # wait=False: an unreachable database surfaces as a retriable error on first use
-            self._pool = ConnectionPool(self.dsn, min_size=1, max_size=2, timeout=10, open=False,
-                                        check=ConnectionPool.check_connection, name="relational")
-            self._pool.open(wait=False)
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.close()
-            self._pool = None
-
-    @contextmanager
-    def _transaction(self, what: str) -> Iterator[psycopg.Connection[Any]]:
-        if self._pool is None:
-            raise PermanentError("relational store used before open()")
-        with _translated(what), self._pool.connection() as conn, conn.transaction():
-            yield conn
+class DocumentsTable(PgStore):
+    name = "relational"
 
     def upsert(self, row: DocumentRow) -> None:
         values = row.columns()

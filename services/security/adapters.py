@@ -1,12 +1,11 @@
 """PostgreSQL I/O of the security service: identity records and the audit trail.
 
-Driver errors become TransientError / PermanentError in `_translated`, the one boundary.
+Driver errors become TransientError / PermanentError in `PgStore._transaction`, the one boundary.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -14,9 +13,8 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
-from psycopg_pool import ConnectionPool, PoolTimeout
 
-from services.core.errors import PermanentError, TransientError
+from services.core.pg import PgStore
 from services.security.audit import GENESIS, Entry, chain_hash, jsonable
 
 # Every append takes this transaction-level lock: the chain needs one writer at a time.
@@ -42,39 +40,8 @@ class AuditDraft:
     detail: dict[str, Any]
 
 
-@contextmanager
-def _translated(what: str) -> Iterator[None]:
-    try:
-        yield
-    except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout) as e:
-        raise TransientError(f"security store, {what}: {e}") from e
-    except psycopg.Error as e:
-        raise PermanentError(f"security store, {what}: {type(e).__name__}: {e}") from e
-
-
-class SecurityStore:
-    def __init__(self, dsn: str) -> None:
-        self.dsn = dsn
-        self._pool: ConnectionPool | None = None
-
-    def open(self) -> None:
-        if self._pool is None:
-            # wait=False: an unreachable database surfaces as a retriable error on first use
-            self._pool = ConnectionPool(self.dsn, min_size=1, max_size=2, timeout=10, open=False,
-                                        check=ConnectionPool.check_connection, name="security")
-            self._pool.open(wait=False)
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.close()
-            self._pool = None
-
-    @contextmanager
-    def _transaction(self, what: str) -> Iterator[psycopg.Connection[Any]]:
-        if self._pool is None:
-            raise PermanentError("security store used before open()")
-        with _translated(what), self._pool.connection() as conn, conn.transaction():
-            yield conn
+class SecurityStore(PgStore):
+    name = "security"
 
     # --- forward work ------------------------------------------------------------------------
     def record_identity(self, identity: Identity, draft: AuditDraft) -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 
-import psycopg
 import pytest
 
 from services.core.config import Settings
@@ -20,7 +19,6 @@ from services.core.events import (
     VECTORS_INDEXED,
     Event,
 )
-from services.core.provision import provision
 from services.core.step import Context
 from services.core.steplog import StepLog, message_of
 from services.relational.step import RelationalStep
@@ -30,14 +28,9 @@ SHA = "7a" * 32
 
 
 @pytest.fixture(scope="module")
-def settings() -> Settings:
-    s = Settings()
-    try:
-        psycopg.connect(s.pg_dsn(), connect_timeout=3).close()
-    except psycopg.OperationalError as e:
-        pytest.skip(f"PostgreSQL of the native stack is not reachable: {e}")
-    provision(s)
-    return s
+def settings(stack: Settings) -> Settings:
+    """The run's provisioned database; a stack that is down fails the run, it is never skipped."""
+    return stack
 
 
 @pytest.fixture(scope="module")
