@@ -84,14 +84,18 @@ class ChunkStore:
 
 
 class ChunkedReader(io.RawIOBase):
-    """A seekable file object over a stored document: only one chunk is in memory at a time."""
+    """A seekable file object over a stored document, reading each block straight from its
+    chunk file into the caller's buffer: nothing is cached, so memory does not grow with the
+    file, and jumping between the ends of a PDF costs no chunk reloads."""
+
+    MAX_OPEN = 32  # chunk files kept open at once
 
     def __init__(self, store: ChunkStore, document_id: str, chunks: list[ChunkRef]) -> None:
         self.store, self.document_id = store, document_id
         self.chunks = sorted(chunks, key=lambda c: c.index)
         self.size = sum(c.length for c in self.chunks)
         self.pos = 0
-        self._cached: tuple[int, bytes] | None = None
+        self._fds: dict[int, int] = {}
 
     def readable(self) -> bool:
         return True
@@ -108,15 +112,35 @@ class ChunkedReader(io.RawIOBase):
         return self.pos
 
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        if self.pos >= self.size:
-            return 0
-        chunk = self._chunk_at(self.pos)
-        start = self.pos - chunk.offset
-        data = self._load(chunk)
-        n = min(len(buffer), chunk.length - start)
-        buffer[:n] = data[start : start + n]
-        self.pos += n
-        return n
+        """Fills the whole buffer across chunk boundaries: pypdfium2 takes one call as the block."""
+        target = memoryview(buffer).cast("B")
+        filled, wanted = 0, len(target)
+        while filled < wanted and self.pos < self.size:
+            chunk = self._chunk_at(self.pos)
+            start = self.pos - chunk.offset
+            n = min(wanted - filled, chunk.length - start)
+            got = os.preadv(self._fd(chunk.index), [target[filled : filled + n]], start)
+            if got <= 0:
+                raise OSError(f"chunk {chunk.index} of {self.document_id} is shorter than its manifest says")
+            self.pos += got
+            filled += got
+        return filled
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+        super().close()
+
+    def _fd(self, index: int) -> int:
+        fd = self._fds.get(index)
+        if fd is None:
+            if len(self._fds) >= self.MAX_OPEN:
+                for old in self._fds.values():
+                    os.close(old)
+                self._fds.clear()
+            fd = self._fds[index] = os.open(self.store.folder(self.document_id) / f"{index:06d}.chunk", os.O_RDONLY)
+        return fd
 
     def _chunk_at(self, pos: int) -> ChunkRef:
         # Fixed-size chunks: the index is a division; fall back to a scan for the last one.
@@ -127,8 +151,3 @@ class ChunkedReader(io.RawIOBase):
         while self.chunks[i].offset + self.chunks[i].length <= pos:
             i += 1
         return self.chunks[i]
-
-    def _load(self, chunk: ChunkRef) -> bytes:
-        if self._cached is None or self._cached[0] != chunk.index:
-            self._cached = (chunk.index, self.store.get(self.document_id, chunk.index))
-        return self._cached[1]

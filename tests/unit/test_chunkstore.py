@@ -1,0 +1,52 @@
+"""The chunk store and the seekable reader that the verifier and the vector step read through."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+
+import pytest
+
+from services.core.chunkstore import ChunkRef, ChunkStore
+from services.vector.text import iter_pdf_pages
+from tests.documents import paragraph, pdf_file
+
+
+def store_in_chunks(store: ChunkStore, doc: str, data: bytes, size: int) -> None:
+    refs = [ChunkRef(i, off, len(part), store.put(doc, i, part))
+            for i, off in enumerate(range(0, len(data), size)) for part in [data[off : off + size]]]
+    store.write_manifest(doc, refs, hashlib.sha256(data).hexdigest(), len(data))
+
+
+@pytest.mark.parametrize("block", [1, 7, 100, 4096])
+def test_reads_fill_whole_blocks_across_chunk_boundaries(tmp_path: Path, block: int) -> None:
+    data = bytes(range(256)) * 40
+    store = ChunkStore(tmp_path)
+    store_in_chunks(store, "d", data, 1000)
+    with store.open("d") as reader:
+        reader.seek(990)
+        buffer = bytearray(block)
+        assert reader.readinto(buffer) == block  # one call, even across the boundary at 1000
+        assert bytes(buffer) == data[990 : 990 + block]
+        reader.seek(-5, io.SEEK_END)
+        assert reader.read() == data[-5:]
+        reader.seek(0)
+        assert reader.read() == data
+
+
+def test_pdf_pages_read_through_small_chunks_match_the_file(tmp_path: Path) -> None:
+    pdf = pdf_file(tmp_path, "doc.pdf", [paragraph(i, 2500) for i in range(30)], image_pages=2)
+    store = ChunkStore(tmp_path / "chunks")
+    store_in_chunks(store, "d", pdf.read_bytes(), 4096)  # the PDF's objects straddle many chunks
+    direct = [(p.number, p.text, p.has_text) for p in iter_pdf_pages(lambda: pdf)]
+    chunked = [(p.number, p.text, p.has_text) for p in iter_pdf_pages(lambda: store.open("d"))]
+    assert chunked == direct and len(direct) == 32
+
+
+def test_delete_removes_every_chunk_and_is_idempotent(tmp_path: Path) -> None:
+    store = ChunkStore(tmp_path)
+    store_in_chunks(store, "d", b"x" * 2500, 1000)
+    assert store.chunk_count("d") == 3
+    assert store.delete("d") == 3
+    assert store.delete("d") == 0 and store.documents() == []
