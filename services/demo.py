@@ -76,6 +76,12 @@ async def ingest(path: Path, size: int) -> int:
         return 0 if terminal.event_type == "DocumentCompleted" else 1
 
 
+def best_sentence(text: str) -> str:
+    """The sentence of a hit that shares the most words with the query (what a reader looks for)."""
+    asked = set(QUERY.lower().replace("?", "").split())
+    return max(text.split(". "), key=lambda s: len(asked & set(s.lower().split())))
+
+
 def search() -> None:
     from services.vector.adapters import VectorIndex
     from services.vector.embedding import load_embedder
@@ -85,7 +91,7 @@ def search() -> None:
     vector = load_embedder("int8", model_dir=s.model_dir).embed([QUERY])[0]
     print(f"\nsearch: {QUERY}")
     for hit in index.search(vector.tolist(), 3):
-        print(f"  {hit['score']:.3f}  page {hit['page']:>4}  {hit['text'][:100]}...")
+        print(f"  {hit['score']:.3f}  page {hit['page']:>4}  {best_sentence(hit['text'])[:110]}")
     index.close()
 
 
