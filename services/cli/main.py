@@ -179,9 +179,7 @@ def show_terminal(e: Event) -> None:
 @friendly
 def watch(document_id: str) -> None:
     """Follow a document's saga live until it ends."""
-    state = _reader().state(document_id)
-    if not state.history:
-        raise UserError(f"unknown document {document_id}")
+    state = _known_state(document_id)
     if state.terminal:
         out.print(f"{document_id} already {state.status}")
         return
@@ -212,9 +210,7 @@ def status(document_id: str = typer.Argument(None)) -> None:
 @friendly
 def saga_show(document_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
     """A saga's state and history, rebuilt from the event store alone."""
-    state = _reader().state(document_id)
-    if not state.history:
-        raise UserError(f"unknown document {document_id}")
+    state = _known_state(document_id)
     if as_json:
         print(json.dumps(state.__dict__, default=str, indent=2))
         return
@@ -251,9 +247,7 @@ saga_app.command("compensate")(friendly(saga_compensate))
 def resume(document_id: str) -> None:
     """Re-drive a stuck saga: republish its last recorded event (consumers that already
     handled it change nothing; the step that missed it, or crashed in it, carries on)."""
-    state = _reader().state(document_id)
-    if not state.history:
-        raise UserError(f"unknown document {document_id}")
+    state = _known_state(document_id)
     if state.terminal:
         out.print(f"{document_id} already {state.status}: nothing to resume")
         return
@@ -390,6 +384,13 @@ def services_status() -> None:
 
     for name, pid in sorted(running_detached().items()):
         out.print(f"{name:<14} running pid {pid}")
+
+
+def _known_state(document_id: str) -> Any:
+    state = _reader().state(document_id)
+    if not state.history:
+        raise UserError(f"unknown document {document_id}")
+    return state
 
 
 def _reader() -> Any:

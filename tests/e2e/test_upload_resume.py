@@ -219,12 +219,7 @@ def test_an_uploader_killed_mid_upload_resumes_and_redoes_at_most_one_chunk(
     assert len(unrecorded) + len(half_written) <= 1, (sorted(on_disk), recorded, half_written)  # one in flight
     recorded_chunks_match_the_files(at_kill, chunks, doc)
 
-    uploader.restart()
-    log = wait_for(
-        "the upload to complete after the restart",
-        lambda: (lg := events.step_log(doc)).has_emitted(UPLOAD_COMPLETED) and lg,
-        uploader.proc,
-    )
+    log = restart_and_complete(uploader, events, doc)
     after = chunk_stats(chunks, doc)
     redone = sorted(i for i, st in on_disk.items() if after[i] != st)
     print(
@@ -235,6 +230,16 @@ def test_an_uploader_killed_mid_upload_resumes_and_redoes_at_most_one_chunk(
     assert len(redone) <= 1
     assert_completed(log, chunks, doc, sha256)
     chunks.delete(doc)
+
+
+def restart_and_complete(uploader: Uploader, events: StepStore, doc: str) -> StepLog:
+    uploader.restart()
+    log: StepLog = wait_for(
+        "the upload to complete after the restart",
+        lambda: (lg := events.step_log(doc)).has_emitted(UPLOAD_COMPLETED) and lg,
+        uploader.proc,
+    )
+    return log
 
 
 def test_an_uploader_stopped_mid_upload_stops_between_chunks_and_resumes_without_redoing_one(
@@ -256,12 +261,7 @@ def test_an_uploader_stopped_mid_upload_stops_between_chunks_and_resumes_without
     assert not list(chunks.folder(doc).glob(".*.tmp"))
     recorded_chunks_match_the_files(at_stop, chunks, doc)
 
-    uploader.restart()
-    log = wait_for(
-        "the upload to complete after the restart",
-        lambda: (lg := events.step_log(doc)).has_emitted(UPLOAD_COMPLETED) and lg,
-        uploader.proc,
-    )
+    log = restart_and_complete(uploader, events, doc)
     after = chunk_stats(chunks, doc)
     assert [i for i, st in on_disk.items() if after[i] != st] == []  # nothing redone
     assert_completed(log, chunks, doc, sha256)
