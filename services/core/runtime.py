@@ -179,6 +179,10 @@ class Runtime:
                 if not fetch.done():
                     fetch.cancel()
                     break
+                if not fetch.result():
+                    # Idle: publish anything a failed flush left behind (a quiet system has no
+                    # next message to trigger it, and a recorded event must not wait forever).
+                    await self.relay.flush()
                 for tp, messages in fetch.result().items():
                     done = None
                     for message in messages:

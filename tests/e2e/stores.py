@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import psycopg
@@ -25,13 +26,26 @@ class Footprint:
         return not any((self.chunks, self.vectors, self.graph_nodes, self.relational_rows, self.security_records))
 
 
+def vector_count(document_id: str, s: Settings, attempts: int = 5) -> int:
+    """Through the vector service's embedded milvus-lite server, which now and then refuses a
+    fresh connection from another process ("too many pings"): a read, so retried."""
+    for attempt in range(attempts):
+        try:
+            index = VectorIndex(s.milvus_uri, s.milvus_collection).open()
+            try:
+                return index.count(document_id)
+            finally:
+                index.close()
+        except Exception:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(1)
+    raise AssertionError("unreachable")
+
+
 def footprint(document_id: str, settings: Settings | None = None) -> Footprint:
     s = settings or Settings()
-    index = VectorIndex(s.milvus_uri, s.milvus_collection).open()
-    try:
-        vectors = index.count(document_id)
-    finally:
-        index.close()
+    vectors = vector_count(document_id, s)
     auth = (s.neo4j_user, s.neo4j_password) if s.neo4j_user else None
     with GraphDatabase.driver(s.neo4j_uri, auth=auth) as driver:
         nodes = driver.execute_query(
