@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
+from eventsourcing.persistence import IntegrityError as EventStoreConflict
 from eventsourcing.persistence import Tracking
 
 from services.core import codec, logs, topics
@@ -55,6 +56,10 @@ def classify(exc: BaseException) -> StepError:
     """The runtime's safety net; adapters should already raise StepError subclasses."""
     if isinstance(exc, StepError):
         return exc
+    if isinstance(exc, EventStoreConflict):
+        # Optimistic concurrency on a StepLog (another attempt or replica wrote it first):
+        # reload and decide again; if that attempt finished the input, the inbox says so.
+        return TransientError(f"concurrent write to the event store: {exc}")
     transient_names = {
         "OperationalError",
         "InterfaceError",

@@ -205,3 +205,11 @@ def test_a_step_interrupted_after_a_checkpoint_resumes_on_redelivery() -> None:
     assert rt.process(e, at(0)).action == "handled"  # redelivered at the same offset: not a duplicate
     assert emitted_types(rt, e.document_id) == ["PartDone", "PartDone", "UploadDone"]
     assert [m["event_id"] for m in rt.store.step_log(e.document_id).received] == [e.event_id]
+
+
+def test_a_concurrent_write_to_the_log_is_retried_not_dead_lettered() -> None:
+    from eventsourcing.persistence import IntegrityError
+
+    from services.core.runtime import classify
+
+    assert classify(IntegrityError("duplicate key (originator_id, originator_version)")).retriable
