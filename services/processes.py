@@ -30,9 +30,10 @@ class ServiceProcess:
 
     def __init__(self, service: str, replica: int = 0, env: dict[str, str] | None = None) -> None:
         self.service, self.replica = service, replica
-        # Static group membership: a restarted replica takes its partitions back at once
-        # instead of waiting out the session timeout (30 s) of its killed predecessor.
-        self.env = {**os.environ, "UDS3_GROUP_INSTANCE": str(replica), **(env or {})}
+        # Dynamic group membership by default: a restarted replica waits out its killed
+        # predecessor's session timeout (30 s). UDS3_GROUP_INSTANCE opts into static membership
+        # (instant takeover), which we saw stall after many kills in seconds (docs/operating.md).
+        self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = run_dir() / f"{service}-{replica}.log"
         self.pid_path = run_dir() / f"{service}-{replica}.pid"
