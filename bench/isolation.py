@@ -10,29 +10,11 @@ from __future__ import annotations
 
 import asyncio
 
-import psycopg
 from aiokafka.admin import AIOKafkaAdminClient
-from psycopg import sql
 
 from services.core import topics
 from services.core.config import Settings
-from services.core.provision import provision
-
-
-def _admin_dsn(settings: Settings) -> str:
-    return settings.pg_dsn().rsplit("/", 1)[0] + "/postgres"
-
-
-def create_database(settings: Settings) -> None:
-    with psycopg.connect(_admin_dsn(settings), autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(settings.pg_database)))
-    provision(settings)  # the services' schemas, grants and migrations, in the new database
-
-
-def drop_database(settings: Settings) -> None:
-    assert settings.pg_database.startswith("bench"), settings.pg_database  # never anyone else's
-    with psycopg.connect(_admin_dsn(settings), autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(settings.pg_database)))
+from services.core.provision import create_database, drop_database
 
 
 async def create_topics(settings: Settings) -> None:

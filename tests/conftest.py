@@ -16,9 +16,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
-from psycopg import sql
 
 from services.core.config import REPO_ROOT, Settings
 
@@ -57,17 +55,13 @@ def stack() -> Iterator[Settings]:
     if not _stack_is_up():
         subprocess.run(["bash", "infra/stack.sh", "up"], cwd=REPO_ROOT, check=True)
     from services.core import topics
-    from services.core.provision import provision
+    from services.core.provision import create_database, drop_database
 
     settings = Settings()
-    admin = Settings(pg_database="uds3")
-    with psycopg.connect(admin.pg_dsn(), autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(settings.pg_database)))
-    provision(settings)
+    create_database(settings)
     asyncio.run(topics.ensure_topics(settings.kafka_bootstrap))
     yield settings
-    with psycopg.connect(admin.pg_dsn(), autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(settings.pg_database)))
+    drop_database(settings)
 
 
 @pytest.fixture(scope="session")

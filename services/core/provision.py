@@ -4,6 +4,11 @@ Run once by the admin role (`python -m services.core.provision`, done by `make u
 Each service connects with its own role, which owns only its own schema (its event store
 tables and its own tables): least privilege. Each service's SQL migrations live in
 `services/<name>/migrations/*.sql` and are applied here in file-name order, once each.
+
+A database belongs to one deployment, named by its topic prefix. Each service's event store
+is its outbox and its relay publishes everything unpublished in its schema to *its* topics:
+services of two prefixes on one database would publish (and so steal) each other's events.
+`provision` claims the database for a prefix and every service checks the claim at start.
 """
 
 from __future__ import annotations
@@ -14,18 +19,29 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from services.core import topics
 from services.core.config import REPO_ROOT, Settings
 
 SERVICES = ("uploader", "verifier", "security", "vector", "graph", "relational")
 
 
-def provision(settings: Settings | None = None) -> None:
+class DatabaseClaimed(RuntimeError):
+    """The database serves the services of another topic prefix."""
+
+
+def provision(settings: Settings | None = None, prefix: str = topics.PREFIX) -> None:
     settings = settings or Settings()
     with psycopg.connect(settings.pg_dsn(), autocommit=True) as conn:
         conn.execute(
             "CREATE TABLE IF NOT EXISTS public.uds3_migrations "
             "(name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
         )
+        conn.execute("CREATE TABLE IF NOT EXISTS public.uds3_deployment (topic_prefix text PRIMARY KEY)")
+        conn.execute(
+            "INSERT INTO public.uds3_deployment SELECT %s WHERE NOT EXISTS (SELECT FROM public.uds3_deployment)",
+            (prefix,),
+        )
+        _check_claim(conn, settings, prefix)
         conn.execute("REVOKE ALL ON SCHEMA public FROM PUBLIC")
         for service in SERVICES:
             role, password = settings.service_role(service)
@@ -44,8 +60,47 @@ def provision(settings: Settings | None = None) -> None:
                     sql.Identifier(settings.pg_database), sql.Identifier(role)
                 )
             )
+            conn.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(sql.Identifier(role)))
+            conn.execute(sql.SQL("GRANT SELECT ON public.uds3_deployment TO {}").format(sql.Identifier(role)))
         for service in SERVICES:
             _migrate(conn, service, settings)
+
+
+def check_claim(settings: Settings, service: str, prefix: str = topics.PREFIX) -> None:
+    """A service's check at start: this database was provisioned for this topic prefix."""
+    with psycopg.connect(settings.pg_dsn(*settings.service_role(service))) as conn:
+        _check_claim(conn, settings, prefix)
+
+
+def _check_claim(conn: psycopg.Connection, settings: Settings, prefix: str) -> None:
+    try:
+        row = conn.execute("SELECT topic_prefix FROM public.uds3_deployment").fetchone()
+    except psycopg.errors.UndefinedTable:
+        row = None
+    if row is None or row[0] != prefix:
+        owner = f"topic prefix {row[0]!r}" if row else "no deployment (not provisioned)"
+        raise DatabaseClaimed(
+            f"database {settings.pg_database!r} belongs to {owner}, not {prefix!r}: give each topic prefix "
+            "its own database (UDS3_PG_DATABASE), or run `python -m services.core.provision`"
+        )
+
+
+def create_database(settings: Settings, prefix: str = topics.PREFIX) -> None:
+    """A new database for one deployment (a test or bench run), provisioned for its prefix."""
+    with psycopg.connect(_maintenance_dsn(settings), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(settings.pg_database)))
+    provision(settings, prefix)
+
+
+def drop_database(settings: Settings) -> None:
+    if settings.pg_database == "uds3":
+        raise ValueError("refusing to drop the default database 'uds3'")
+    with psycopg.connect(_maintenance_dsn(settings), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(settings.pg_database)))
+
+
+def _maintenance_dsn(settings: Settings) -> str:
+    return settings.pg_dsn().rsplit("/", 1)[0] + "/postgres"
 
 
 def _migrate(conn: psycopg.Connection, service: str, settings: Settings) -> None:

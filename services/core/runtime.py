@@ -47,6 +47,7 @@ from services.core.events import (
     failed,
 )
 from services.core.faults import FaultInjector
+from services.core.provision import check_claim
 from services.core.step import Context, Interrupted, Step
 from services.core.steplog import StepLog, event_of, message_of
 from services.core.store import StepStore, kafka_position
@@ -152,6 +153,8 @@ class Runtime:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
                 self.loop.add_signal_handler(sig, request_stop)
+        # Refuse a database that serves another topic prefix: its relays would take our events.
+        await asyncio.to_thread(check_claim, self.settings, self.step.service)
         self.store = await asyncio.to_thread(StepStore, self.step.service, self.settings)
         await asyncio.to_thread(self.step.start, self.settings)
         producer = AIOKafkaProducer(

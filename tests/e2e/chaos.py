@@ -362,12 +362,12 @@ async def run(args: argparse.Namespace, env: dict[str, str], folder: Path) -> Re
     from services.client import Client
     from services.core import topics
     from services.core.config import Settings
-    from services.core.provision import provision
+    from services.core.provision import create_database
 
     rng = random.Random(args.seed)
     results = Results(sagas=args.sagas)
     settings = Settings()
-    provision(settings)
+    create_database(settings)  # its own: a relay on a shared database would publish our events elsewhere
     await topics.ensure_topics(settings.kafka_bootstrap)
     docs_dir = folder / "documents"
     docs_dir.mkdir()
@@ -503,6 +503,7 @@ def configure(folder: Path, prefix: str) -> dict[str, str]:
     """This run's environment, for the services and for this process (before services.* is imported)."""
     env = {
         "UDS3_TOPIC_PREFIX": prefix,
+        "UDS3_PG_DATABASE": f"uds3_{prefix}",
         "UDS3_CHUNK_STORE": str(folder / "chunks"),
         "UDS3_MILVUS_URI": str(folder / "milvus" / "vectors.db"),
         "UDS3_ALLOWED_ROOT": str(folder),
@@ -566,9 +567,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.json_out:
         args.json_out.write_text(json.dumps(s, indent=2))
     if results.ok and not args.keep:
+        from services.core.config import Settings
+        from services.core.provision import drop_database
+
         shutil.rmtree(folder, ignore_errors=True)
+        drop_database(Settings())
     else:
-        print(f"[chaos] run folder kept: {folder} (service logs in {folder / 'logs'})")
+        print(f"[chaos] run folder kept: {folder} (service logs in {folder / 'logs'}), "
+              f"database uds3_{prefix}")
     return 0 if results.ok else 1
 
 

@@ -20,16 +20,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 from aiokafka import AIOKafkaProducer
-from psycopg import sql
 
 from services.core import codec, topics
 from services.core.chunkstore import ChunkStore
 from services.core.config import Settings
 from services.core.events import CHUNK_STORED, DOCUMENT_SUBMITTED, UPLOAD_COMPLETED, UPLOAD_STARTED, Event
-from services.core.provision import provision
+from services.core.provision import create_database, drop_database
 from services.core.steplog import StepLog
 from services.core.store import StepStore
 from services.processes import ServiceProcess
@@ -87,16 +85,12 @@ def database(stack: Settings) -> Iterator[Settings]:
     Every service relays *all* unpublished events of its schema (the outbox), whoever recorded
     them; an uploader with other topics on the shared database would publish other runs' events.
     """
-    name = f"uds3_{PREFIX.replace('-', '_')}"
-    with psycopg.connect(stack.pg_dsn(), autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    settings = replace(stack, pg_database=f"uds3_{PREFIX.replace('-', '_')}")
+    create_database(settings, PREFIX)
     try:
-        settings = replace(stack, pg_database=name)
-        provision(settings)
         yield settings
     finally:
-        with psycopg.connect(stack.pg_dsn(), autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        drop_database(settings)
 
 
 @pytest.fixture(scope="module")

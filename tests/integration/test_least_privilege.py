@@ -98,3 +98,18 @@ def test_relational_role_upserts_and_deletes(connect) -> None:
     with conn.transaction(force_rollback=True):
         conn.execute("DELETE FROM relational.documents WHERE document_id = 'lp'")
         conn.execute("SELECT count(*) FROM relational.documents")
+
+
+def test_a_database_serves_one_topic_prefix(settings: Settings, connect) -> None:
+    """Services of another prefix on this database would relay (steal) its events: refused."""
+    from services.core import topics
+    from services.core.provision import DatabaseClaimed, check_claim, provision
+
+    for service in SERVICES:
+        check_claim(settings, service)  # this run's prefix: accepted
+    with pytest.raises(DatabaseClaimed, match=f"belongs to topic prefix '{topics.PREFIX}', not 'elsewhere'"):
+        check_claim(settings, "graph", prefix="elsewhere")
+    with pytest.raises(DatabaseClaimed):
+        provision(settings, prefix="elsewhere")
+    assert refused(connect("uploader"), "UPDATE public.uds3_deployment SET topic_prefix = 'elsewhere'")
+    check_claim(settings, "uploader")  # unchanged by the attempts
