@@ -54,7 +54,7 @@ e2e: up model
 	.venv/bin/pytest tests/e2e -q
 
 test: lint up model
-	.venv/bin/pytest -q -m "not slow"
+	.venv/bin/pytest -q -m "not slow" --durations=8
 
 demo: up model
 	$(PY) -m services.demo
