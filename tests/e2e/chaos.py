@@ -98,6 +98,7 @@ class Results:
     notes: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     outage: str = ""
+    in_flight_at_outage: int = 0  # sagas submitted and not ended when the stores went away
 
     @property
     def ok(self) -> bool:
@@ -110,7 +111,8 @@ class Results:
             "compensation_failed": self.outcomes["CompensationFailed"], "lost": len(self.lost),
             "unexpected": len(self.unexpected), "violations": len(self.violations),
             "duplicate_effects": len(self.duplicates), "redelivered_same_id": self.redelivered,
-            "outage": self.outage, "seconds": {k: round(v, 1) for k, v in self.seconds.items()}, "ok": self.ok,
+            "outage": self.outage, "in_flight_at_outage": self.in_flight_at_outage,
+            "seconds": {k: round(v, 1) for k, v in self.seconds.items()}, "ok": self.ok,
         }
 
 
@@ -396,7 +398,10 @@ async def run(args: argparse.Namespace, env: dict[str, str], folder: Path) -> Re
                 monkey(fleet, args.kills, tuple(args.interval), rng))]
             if args.outage:
                 async def freeze_later() -> None:
-                    await asyncio.sleep(phase / 2)
+                    await asyncio.sleep(max(phase / 2, 3.0))  # while the first documents are at work
+                    ended = await terminal_events(settings.kafka_bootstrap)
+                    results.in_flight_at_outage = sum(bool(d.document_id) and d.document_id not in ended
+                                                      for d in docs)
                     await outage(args.outage_seconds, results, args.outage_mode)
 
                 tasks.append(asyncio.create_task(freeze_later()))
@@ -556,7 +561,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"violations {s['violations']}  lost {s['lost']}  unexpected {s['unexpected']}  "
           f"duplicate effects {s['duplicate_effects']}  (same-id redeliveries {s['redelivered_same_id']})")
     if results.outage:
-        print(f"outage: {results.outage}")
+        print(f"outage: {results.outage}, {results.in_flight_at_outage} sagas in flight when it began")
     print("seconds: " + ", ".join(f"{k} {v}" for k, v in s["seconds"].items()))
     for title, items in (("LOST", results.lost), ("UNEXPECTED", results.unexpected),
                          ("VIOLATION", results.violations), ("DUPLICATE", results.duplicates),

@@ -20,17 +20,30 @@ from services.core.config import REPO_ROOT, Settings
 pytestmark = pytest.mark.stack
 
 
-def test_short_chaos_run_loses_nothing_and_leaves_no_half_writes(stack: Settings, tmp_path: Path) -> None:
-    figures = tmp_path / "chaos.json"
+def chaos(figures: Path, *args: str) -> dict:
     run = subprocess.run(
-        [sys.executable, "-m", "tests.e2e.chaos", "--sagas", "10", "--kills", "20", "--settle", "150",
-         "--json", str(figures)],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=240,
+        [sys.executable, "-m", "tests.e2e.chaos", *args, "--settle", "150", "--json", str(figures)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
     )
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
-    result = json.loads(figures.read_text())
+    return {**json.loads(figures.read_text()), "stdout": run.stdout[-4000:]}
+
+
+def test_short_chaos_run_loses_nothing_and_leaves_no_half_writes(stack: Settings, tmp_path: Path) -> None:
+    result = chaos(tmp_path / "chaos.json", "--sagas", "10", "--kills", "20")
     assert result["sagas"] == 10 and result["kills"] == 20
-    assert result["lost"] == 0 and result["violations"] == 0, run.stdout[-4000:]
-    assert result["unexpected"] == 0 and result["duplicate_effects"] == 0, run.stdout[-4000:]
+    assert result["lost"] == 0 and result["violations"] == 0, result["stdout"]
+    assert result["unexpected"] == 0 and result["duplicate_effects"] == 0, result["stdout"]
     # the mix: three good documents and one flaky one complete, one failure per step compensates
     assert (result["completed"], result["compensated"]) == (4, 6)
+
+
+def test_a_store_restart_mid_run_is_retried_and_nothing_is_compensated(stack: Settings, tmp_path: Path) -> None:
+    """PostgreSQL stopped for real (connections cut, new ones refused) and Neo4j frozen, while
+    good documents are at work: transient, so every saga completes and none compensates."""
+    result = chaos(tmp_path / "outage.json", "--sagas", "8", "--kills", "0", "--outage", "--outage-mode",
+                   "restart", "--outage-seconds", "6")
+    assert "postgres stopped and restarted" in result["outage"], result["stdout"]
+    assert result["in_flight_at_outage"] > 0, "the outage met no saga in progress: " + result["stdout"]
+    assert (result["completed"], result["compensated"], result["lost"]) == (8, 0, 0), result["stdout"]
+    assert result["violations"] == 0 and result["unexpected"] == 0, result["stdout"]
