@@ -31,7 +31,7 @@ class ServiceProcess:
     def __init__(self, service: str, replica: int = 0, env: dict[str, str] | None = None) -> None:
         self.service, self.replica = service, replica
         # Dynamic group membership by default: a restarted replica waits out its killed
-        # predecessor's session timeout (30 s). UDS3_GROUP_INSTANCE opts into static membership
+        # predecessor's session timeout (10 s). UDS3_GROUP_INSTANCE opts into static membership
         # (instant takeover), which we saw stall after many kills in seconds (docs/operating.md).
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None

@@ -47,10 +47,15 @@ class Client:
 
     async def start(self) -> None:
         if self.producer is None:
-            self.producer = AIOKafkaProducer(
+            producer = AIOKafkaProducer(
                 bootstrap_servers=self.settings.kafka_bootstrap, enable_idempotence=True, acks="all"
             )
-            await self.producer.start()
+            try:
+                await producer.start()
+            except BaseException:
+                await producer.stop()  # a broker that cannot be reached leaves nothing open behind
+                raise
+            self.producer = producer
 
     async def stop(self) -> None:
         if self.producer is not None:

@@ -61,6 +61,9 @@ class Settings:
     step_deadline_s: float = field(default_factory=lambda: float(_env("UDS3_STEP_DEADLINE_S", "60")))
     retry_base_s: float = field(default_factory=lambda: float(_env("UDS3_RETRY_BASE_S", "0.2")))
     faults: str = field(default_factory=lambda: _env("UDS3_FAULTS", ""))
+    # How long a crashed replica keeps its partitions before the group hands them on (the
+    # heartbeat runs on the event loop, so a long handler in its thread does not count).
+    session_timeout_ms: int = field(default_factory=lambda: int(_env("UDS3_KAFKA_SESSION_TIMEOUT_MS", "10000")))
     # A name for this replica, unique within its service (e.g. "0"): Kafka static group membership,
     # so a restarted replica takes its partitions back at once instead of after the session timeout.
     group_instance: str = field(default_factory=lambda: _env("UDS3_GROUP_INSTANCE", ""))

@@ -167,7 +167,7 @@ class Runtime:
             auto_offset_reset="earliest",
             isolation_level="read_committed",
             max_poll_interval_ms=6 * 3600 * 1000,  # the vector step may embed for a long time
-            session_timeout_ms=30_000,
+            session_timeout_ms=self.settings.session_timeout_ms,
             heartbeat_interval_ms=3_000,
             group_instance_id=f"{self.group}-{self.settings.group_instance}" if self.settings.group_instance else None,
         )

@@ -39,6 +39,8 @@ def store_env(service: str, settings: Settings, *, admin: bool = False) -> dict[
         "POSTGRES_SCHEMA": service,
         "POSTGRES_POOL_SIZE": "4",
         "CREATE_TABLE": "n" if admin else "y",
+        # A service waits out a database restart; an operator's read (`uds3 status`) fails fast.
+        "POSTGRES_CONNECT_TIMEOUT": "5" if admin else "30",
     }
 
 

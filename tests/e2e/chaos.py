@@ -165,7 +165,7 @@ class Fleet:
 
         # Static group membership (UDS3_GROUP_INSTANCE): a restarted service takes its partitions
         # back at once; without it, each kill stalls that service's group for the session timeout
-        # (30 s) and the kills would mostly land on services that are waiting to rejoin.
+        # (10 s, UDS3_KAFKA_SESSION_TIMEOUT_MS) and the kills would mostly land on services that are waiting to rejoin.
         self.env = {**env, "UDS3_GROUP_INSTANCE": "0"} if static else env
         self.folder = folder
         self.names = list(SERVICES)

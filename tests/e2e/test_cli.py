@@ -91,6 +91,7 @@ def test_stack_down_is_a_clear_error(run_dir: Path, env_applied: dict[str, str])
     kafka_down = uds3("submit", str(path), env={"UDS3_KAFKA_BOOTSTRAP": "127.0.0.1:9"}, timeout=120)
     assert kafka_down.returncode == 3, kafka_down.stderr
     assert "cannot reach the stack" in kafka_down.stderr and "Traceback" not in kafka_down.stderr
+    assert "Unclosed" not in kafka_down.stderr  # nothing left open behind the error
     pg_down = uds3("status", env={"UDS3_PG_PORT": "9"})
     assert pg_down.returncode == 3 and "cannot reach the stack" in pg_down.stderr, pg_down.stderr
 
