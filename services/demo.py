@@ -62,7 +62,7 @@ def generate(path: Path, text_pages: int, scan_pages: int, seed: int = 7) -> Pat
     return path
 
 
-async def ingest(path: Path, size: int) -> int:
+async def ingest(path: Path, size: int) -> tuple[int, str]:
     await topics.ensure_topics(Settings().kafka_bootstrap)
     async with Client() as client:
         sub = await client.submit(path, title="Land registry case files 1920-1925", author="Records Office",
@@ -73,7 +73,7 @@ async def ingest(path: Path, size: int) -> int:
         terminal = await follow(client, sub.document_id, sub.submitted_at_ms)
         show_terminal(terminal)
         print(f"end to end: {time.monotonic() - started:.1f} s")
-        return 0 if terminal.event_type == "DocumentCompleted" else 1
+        return 0 if terminal.event_type == "DocumentCompleted" else 1, sub.document_id
 
 
 def best_sentence(text: str) -> str:
@@ -82,7 +82,8 @@ def best_sentence(text: str) -> str:
     return max(text.split(". "), key=lambda s: len(asked & set(s.lower().split())))
 
 
-def search() -> None:
+def search(document_id: str) -> None:
+    """The question, asked of this document (an earlier demo run ingested the same text under another id)."""
     from services.vector.adapters import VectorIndex
     from services.vector.embedding import load_embedder
 
@@ -90,7 +91,7 @@ def search() -> None:
     index = VectorIndex(s.milvus_uri, s.milvus_collection).open()
     vector = load_embedder("int8", model_dir=s.model_dir).embed([QUERY])[0]
     print(f"\nsearch: {QUERY}")
-    for hit in index.search(vector.tolist(), 3):
+    for hit in index.search(vector.tolist(), 3, document_id):
         print(f"  {hit['score']:.3f}  page {hit['page']:>4}  {best_sentence(hit['text'])[:110]}")
     index.close()
 
@@ -107,9 +108,9 @@ def main() -> int:
     started = [] if running_detached() else start_all()
     try:
         time.sleep(3 if started else 0)  # let the consumers join their groups
-        code = asyncio.run(ingest(path, path.stat().st_size))
+        code, document_id = asyncio.run(ingest(path, path.stat().st_size))
         if code == 0:
-            search()
+            search(document_id)
         return code
     finally:
         stop_all(started)

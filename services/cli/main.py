@@ -327,7 +327,11 @@ def subscribe(
 
 @app.command()
 @friendly
-def search(query: str, k: int = typer.Option(5, "-k")) -> None:
+def search(
+    query: str,
+    k: int = typer.Option(5, "-k"),
+    document: str | None = typer.Option(None, "--document", "-d", help="only this document's chunks"),
+) -> None:
     """Top-k chunks for a query: document id, page and score."""
     from services.vector.adapters import VectorIndex
     from services.vector.embedding import load_embedder
@@ -341,7 +345,7 @@ def search(query: str, k: int = typer.Option(5, "-k")) -> None:
     vector = embedder.embed([query])[0]
     table = Table("score", "document", "page", "chunk", "text")
     try:
-        hits = index.search(vector.tolist(), k)
+        hits = index.search(vector.tolist(), k, document)
     finally:
         index.close()
     for hit in hits:

@@ -26,6 +26,7 @@ class VectorIndex:
     def __init__(self, uri: str, collection: str) -> None:
         self.uri, self.collection = uri, collection
         self.client: Any = None
+        self.served: str | None = None  # the embedded server's address, when this process serves the file
 
     def open(self, serve: bool = False) -> VectorIndex:
         """Connects; with `serve`, opens an embedded milvus-lite file and publishes its endpoint.
@@ -45,6 +46,7 @@ class VectorIndex:
                 if served is None:
                     raise TransientError(f"milvus-lite could not open {uri}")
                 endpoint_file(self.uri).write_text(served)
+                self.served = served
                 uri = served
             elif uri.endswith(".db"):
                 found = endpoint_file(uri)
@@ -59,13 +61,18 @@ class VectorIndex:
         except TransientError:
             raise
         except Exception as e:
-            raise TransientError(f"Milvus at {uri} unavailable: {e}") from e
+            served_by = " (served by the vector service: is it running?)" if uri != self.uri else ""
+            raise TransientError(f"Milvus at {uri}{served_by} unavailable: {e}") from e
         return self
 
     def close(self) -> None:
         if self.client is not None:
             self.client.close()
             self.client = None
+        found = endpoint_file(self.uri)
+        if self.served and found.exists() and found.read_text().strip() == self.served:
+            found.unlink()  # a stopped service's address would only mislead `uds3 search`
+        self.served = None
 
     def _ensure_collection(self) -> None:
         from pymilvus import DataType, MilvusClient
@@ -114,8 +121,13 @@ class VectorIndex:
         it.close()
         return counts
 
-    def search(self, vector: list[float], k: int = 5) -> list[dict[str, Any]]:
+    def search(self, vector: list[float], k: int = 5, document_id: str | None = None) -> list[dict[str, Any]]:
+        """The k nearest chunks, of every document or of one."""
         hits = self.client.search(
-            self.collection, [vector], limit=k, output_fields=["document_id", "page", "chunk", "text"]
+            self.collection,
+            [vector],
+            limit=k,
+            filter=f'document_id == "{document_id}"' if document_id else "",
+            output_fields=["document_id", "page", "chunk", "text"],
         )
         return [{"score": h["distance"], **h["entity"]} for h in hits[0]]

@@ -86,10 +86,13 @@ def test_a_pdf_with_scans_and_a_text_file_land_with_their_chunks_and_pages(servi
             ["which ship did the harbour master record arriving from Lisbon in March"]
         )[0]
         hits = index.search(query.tolist(), k=3)
+        in_text_doc = index.search(query.tolist(), k=3, document_id=text_done.document_id)
     finally:
         index.close()
     ours = [h for h in hits if h["document_id"] == pdf_done.document_id and "Aurora arrived from Lisbon" in h["text"]]
     assert ours, hits
+    # asked of one document, the answer comes from that document only, however close another is
+    assert in_text_doc and {h["document_id"] for h in in_text_doc} == {text_done.document_id}, in_text_doc
 
 
 def encrypted_pdf(path: Path) -> Path:

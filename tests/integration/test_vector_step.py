@@ -283,3 +283,25 @@ def test_search_finds_a_known_passage_in_the_top_three(
     ours = [h for h in hits if h["document_id"] == start.document_id and "Aurora arrived from Lisbon" in h["text"]]
     assert ours, hits
 
+
+
+def test_the_embedded_servers_address_is_published_while_it_serves_and_withdrawn_after(tmp_path: Path) -> None:
+    """`uds3 search` finds the vector service's milvus-lite through this file; a stopped
+    service must not leave its address behind (the CLI would then say it is not running)."""
+    from milvus_lite.server_manager import server_manager_instance
+
+    from services.core.errors import TransientError
+    from services.vector.adapters import VectorIndex, endpoint_file
+
+    uri = str(tmp_path / "own.db")
+    served = VectorIndex(uri, "probe").open(serve=True)
+    try:
+        reader = VectorIndex(uri, "probe").open()  # as the CLI does
+        reader.close()  # a reader's close leaves the address alone
+        assert endpoint_file(uri).read_text() == served.served
+    finally:
+        served.close()
+        server_manager_instance.release_server(uri)
+    assert not endpoint_file(uri).exists()
+    with pytest.raises(TransientError, match="the vector service is not running"):
+        VectorIndex(uri, "probe").open()
