@@ -193,11 +193,16 @@ def watch(document_id: str) -> None:
 
 @app.command()
 @friendly
-def status(document_id: str = typer.Argument(None)) -> None:
-    """One document's saga state, or a table of all of them (from the event store)."""
+def status(
+    document_id: str = typer.Argument(None),
+    last: int = typer.Option(20, "--last", "-n", help="the newest N documents (0: all)"),
+) -> None:
+    """One document's saga state, or a table of the newest ones (from the event store)."""
     reader = _reader()
-    ids = [document_id] if document_id else reader.document_ids()
-    table = Table("document", "status", "step", "errors")
+    known = [document_id] if document_id else reader.document_ids()
+    ids = known[-last:] if last > 0 else known
+    caption = None if document_id else f"the newest {len(ids)} of {len(known)} (--last 0: all)"
+    table = Table("document", "status", "step", "errors", caption=caption)
     for doc in ids:
         state = reader.state(doc)
         if not state.history:

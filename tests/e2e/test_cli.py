@@ -56,6 +56,8 @@ def test_no_wait_then_saga_show_and_status_from_the_event_store(services: Servic
     assert state["history"][-1]["event_type"] == "DocumentCompleted"
     status = uds3("status", doc)
     assert status.returncode == 0 and "Completed" in status.stdout
+    newest = uds3("status", "--last", "1")  # the newest document the uploader has seen: this one
+    assert newest.returncode == 0 and doc[:8] in newest.stdout and "the newest 1 of" in newest.stdout, newest.stdout
     resumed = uds3("resume", doc)
     assert "nothing to resume" in resumed.stdout
 
