@@ -154,7 +154,18 @@ class Runtime:
             with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
                 self.loop.add_signal_handler(sig, request_stop)
         # Refuse a database that serves another topic prefix: its relays would take our events.
-        await asyncio.to_thread(check_claim, self.settings, self.step.service)
+        # A database that is restarting is waited for, not a reason to exit.
+        while True:
+            try:
+                await asyncio.to_thread(check_claim, self.settings, self.step.service)
+                break
+            except Exception as e:
+                if stop.is_set():
+                    return
+                if not classify(e).retriable:
+                    raise
+                logs.warn(self.log, "database unreachable at start, waiting", error=str(e))
+                await asyncio.sleep(1)
         self.store = await asyncio.to_thread(StepStore, self.step.service, self.settings)
         await asyncio.to_thread(self.step.start, self.settings)
         producer = AIOKafkaProducer(

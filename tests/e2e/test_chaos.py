@@ -32,6 +32,7 @@ def chaos(figures: Path, *args: str) -> dict:
 def test_short_chaos_run_loses_nothing_and_leaves_no_half_writes(stack: Settings, tmp_path: Path) -> None:
     result = chaos(tmp_path / "chaos.json", "--sagas", "10", "--kills", "20")
     assert result["sagas"] == 10 and result["kills"] == 20
+    assert result["crashes"] == 0, "a service died by itself: " + result["stdout"]
     assert result["lost"] == 0 and result["violations"] == 0, result["stdout"]
     assert result["unexpected"] == 0 and result["duplicate_effects"] == 0, result["stdout"]
     # the mix: three good documents and one flaky one complete, one failure per step compensates
@@ -41,9 +42,11 @@ def test_short_chaos_run_loses_nothing_and_leaves_no_half_writes(stack: Settings
 def test_a_store_restart_mid_run_is_retried_and_nothing_is_compensated(stack: Settings, tmp_path: Path) -> None:
     """PostgreSQL stopped for real (connections cut, new ones refused) and Neo4j frozen, while
     good documents are at work: transient, so every saga completes and none compensates."""
-    result = chaos(tmp_path / "outage.json", "--sagas", "8", "--kills", "0", "--outage", "--outage-mode",
+    # a few kills too: a service restarted during the outage must wait for its stores, not exit
+    result = chaos(tmp_path / "outage.json", "--sagas", "8", "--kills", "4", "--outage", "--outage-mode",
                    "restart", "--outage-seconds", "6")
     assert "postgres stopped and restarted" in result["outage"], result["stdout"]
     assert result["in_flight_at_outage"] > 0, "the outage met no saga in progress: " + result["stdout"]
     assert (result["completed"], result["compensated"], result["lost"]) == (8, 0, 0), result["stdout"]
     assert result["violations"] == 0 and result["unexpected"] == 0, result["stdout"]
+    assert result["crashes"] == 0, "a service died instead of waiting for its stores: " + result["stdout"]
