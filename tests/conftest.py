@@ -18,16 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from services.core.config import REPO_ROOT, Settings
+from services.core.config import REPO_ROOT, Settings, isolated_env
 
 RUN_ID = f"t{uuid.uuid4().hex[:8]}"
 RUN_DIR = Path(tempfile.mkdtemp(prefix=f"uds3-{RUN_ID}-"))
 RUN_ENV = {
-    "UDS3_TOPIC_PREFIX": RUN_ID,
-    "UDS3_PG_DATABASE": f"uds3_{RUN_ID}",
-    "UDS3_CHUNK_STORE": str(RUN_DIR / "chunks"),
-    "UDS3_MILVUS_URI": str(RUN_DIR / "milvus" / "vectors.db"),
-    "UDS3_ALLOWED_ROOT": str(RUN_DIR),
+    **isolated_env(RUN_ID, RUN_DIR),
     "UDS3_SERVICES_DIR": str(RUN_DIR / "services"),
     "UDS3_RETRY_BASE_S": "0.1",
     # Fault injection by title (tests/e2e/test_failures.py): no other test's titles match.

@@ -21,6 +21,19 @@ def _stack_dir() -> Path:
     return Path(_env("UDS3_STACK_DIR", str(REPO_ROOT / ".stack")))
 
 
+def isolated_env(prefix: str, folder: Path) -> dict[str, str]:
+    """The variables that make one deployment separate from every other on the same stack:
+    its topics and consumer groups, its database (each event store is an outbox: see
+    provision.py), and its chunk store, Milvus file and ingest root in `folder`."""
+    return {
+        "UDS3_TOPIC_PREFIX": prefix,
+        "UDS3_PG_DATABASE": f"uds3_{prefix}",
+        "UDS3_CHUNK_STORE": str(folder / "chunks"),
+        "UDS3_MILVUS_URI": str(folder / "milvus" / "vectors.db"),
+        "UDS3_ALLOWED_ROOT": str(folder),
+    }
+
+
 @dataclass(frozen=True)
 class Settings:
     kafka_bootstrap: str = field(

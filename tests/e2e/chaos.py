@@ -506,12 +506,10 @@ async def judge(docs: list[Doc], settings: Any, results: Results) -> None:
 
 def configure(folder: Path, prefix: str) -> dict[str, str]:
     """This run's environment, for the services and for this process (before services.* is imported)."""
+    from services.core.config import isolated_env  # imports no topics: safe before configure() ends
+
     env = {
-        "UDS3_TOPIC_PREFIX": prefix,
-        "UDS3_PG_DATABASE": f"uds3_{prefix}",
-        "UDS3_CHUNK_STORE": str(folder / "chunks"),
-        "UDS3_MILVUS_URI": str(folder / "milvus" / "vectors.db"),
-        "UDS3_ALLOWED_ROOT": str(folder),
+        **isolated_env(prefix, folder),
         "UDS3_FAULTS": FAULT_SPEC,
         "UDS3_RETRY_BASE_S": "0.1",
         "UDS3_CHUNK_BYTES": str(128 * 1024),  # many upload chunks (checkpoints) per document
