@@ -150,39 +150,16 @@ def group_letters(letters: Sequence[Letter]) -> list[LetterGroup]:
 
 
 async def read_letters(settings: Settings) -> list[Letter]:
-    """Every record of the dead-letter topic, from its beginning to its current end."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
+    """Every dead letter, from the topic's beginning to its current end."""
     from services.core import codec, topics
 
-    # earliest: with the default (latest), the reset of a fresh assignment can race seek_to_beginning
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False,
-                                auto_offset_reset="earliest")
-    await consumer.start()
-    try:
-        await consumer._client.force_metadata_update()
-        dlq = topics.DEAD_LETTERS
-        partitions = consumer.partitions_for_topic(dlq.name) or set(range(dlq.partitions))
-        parts = [TopicPartition(topics.DEAD_LETTERS.name, p) for p in sorted(partitions)]
-        consumer.assign(parts)
-        ends = await consumer.end_offsets(parts)
-        await consumer.seek_to_beginning(*parts)
-        letters: list[Letter] = []
-        pending = {tp for tp in parts if ends[tp] > 0}
-        while pending:
-            batch = await consumer.getmany(*pending, timeout_ms=1000)
-            for tp, records in batch.items():
-                for r in records:
-                    if r.offset >= ends[tp]:
-                        continue
-                    try:
-                        letters.append(Letter(tp.partition, r.offset, r.key, codec.decode(r.value)))
-                    except codec.UndecodableEvent:
-                        continue  # not ours to show: the DLQ only holds DeadLetter events
-            pending = {tp for tp in pending if await consumer.position(tp) < ends[tp]}
-        return letters
-    finally:
-        await consumer.stop()
+    letters: list[Letter] = []
+    for r in await topics.read_all(settings.kafka_bootstrap, topics.DEAD_LETTERS):
+        try:
+            letters.append(Letter(r.partition, r.offset, r.key, codec.decode(r.value)))
+        except codec.UndecodableEvent:
+            continue  # not ours to show: the DLQ only holds DeadLetter events
+    return letters
 
 
 def _find(letters: Sequence[Letter], offset: int, partition: int | None) -> Letter:
@@ -373,19 +350,11 @@ def plan_compensate(state: Any, force: bool = False) -> Redrive:
     return Redrive(event, f"published {event.event_type} as the operator: compensation starts at {current}")
 
 
-async def publish(settings: Settings, event: Event) -> None:
-    from aiokafka import AIOKafkaProducer
+async def _publish(settings: Settings, event: Event) -> None:
+    from services.client import Client
 
-    from services.core import codec, topics
-
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=True, acks="all")
-    await producer.start()
-    try:
-        data = codec.encode(event)
-        for topic in topics.topics_for(event.event_type):
-            await producer.send_and_wait(topic.name, data, key=event.document_id.encode())
-    finally:
-        await producer.stop()
+    async with Client(settings) as client:
+        await client.republish(event)
 
 
 def _redrive(document_id: str, plan: Any) -> None:
@@ -397,7 +366,7 @@ def _redrive(document_id: str, plan: Any) -> None:
         redrive = plan(state)
     except CannotRedrive as e:
         raise _fail(f"{document_id}: {e}") from None
-    asyncio.run(publish(settings, redrive.event))
+    asyncio.run(_publish(settings, redrive.event))
     out.print(f"{document_id} ({state.status}): {redrive.summary}")
 
 

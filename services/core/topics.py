@@ -19,8 +19,10 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, for_code
+from aiokafka.structs import ConsumerRecord
 
 from services.core.events import ALL_EVENT_TYPES, DEAD_LETTER, PROGRESS_EVENTS, TERMINAL_EVENTS
 
@@ -105,6 +107,34 @@ def topic_for(event_type: str) -> Topic:
 def topics_for(event_type: str) -> tuple[Topic, ...]:
     """Every topic a producer publishes an event type to: terminal events also go to completions."""
     return (topic_for(event_type), *_ALSO.get(event_type, ()))
+
+
+async def read_all(bootstrap: str, topic: Topic) -> list[ConsumerRecord]:
+    """Every record of a topic, from its beginning to its end at the time of the call
+    (operator tools and audits; services consume through their groups)."""
+    # earliest: with the default (latest), the reset of a fresh assignment can race seek_to_beginning
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level="read_committed",
+        auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    try:
+        await consumer._client.force_metadata_update()
+        partitions = consumer.partitions_for_topic(topic.name) or set(range(topic.partitions))
+        parts = [TopicPartition(topic.name, p) for p in sorted(partitions)]
+        consumer.assign(parts)
+        ends = await consumer.end_offsets(parts)
+        await consumer.seek_to_beginning(*parts)
+        records: list[ConsumerRecord] = []
+        pending = {tp for tp in parts if ends[tp] > 0}
+        while pending:
+            batch = await consumer.getmany(*pending, timeout_ms=1000)
+            for tp, rs in batch.items():
+                records += [r for r in rs if r.offset < ends[tp]]
+            pending = {tp for tp in pending if await consumer.position(tp) < ends[tp]}
+        return records
+    finally:
+        await consumer.stop()
 
 
 async def ensure_topics(

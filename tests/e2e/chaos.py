@@ -323,38 +323,13 @@ async def outage(seconds: float, results: Results, mode: str = "freeze") -> None
 
 
 # --- reading topics ---------------------------------------------------------------------------
-async def read_topic(bootstrap: str, topic: Any) -> list[tuple[int, int, bytes | None, bytes]]:
-    """Every record of a topic, from its beginning to its current end."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    # earliest: with the default (latest), the reset of a fresh assignment can race seek_to_beginning
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                isolation_level="read_committed", auto_offset_reset="earliest")
-    await consumer.start()
-    try:
-        parts = [TopicPartition(topic.name, p) for p in range(topic.partitions)]
-        consumer.assign(parts)
-        ends = await consumer.end_offsets(parts)
-        await consumer.seek_to_beginning(*parts)
-        records = []
-        pending = {tp for tp in parts if ends[tp] > 0}
-        while pending:
-            batch = await consumer.getmany(*pending, timeout_ms=1000)
-            for tp, rs in batch.items():
-                records += [(tp.partition, r.offset, r.key, r.value) for r in rs if r.offset < ends[tp]]
-            pending = {tp for tp in pending if await consumer.position(tp) < ends[tp]}
-        return records
-    finally:
-        await consumer.stop()
-
-
 async def terminal_events(bootstrap: str) -> dict[str, list[Any]]:
     from services.core import codec, topics
 
     found: dict[str, list[Any]] = defaultdict(list)
-    for _, _, _, value in await read_topic(bootstrap, topics.COMPLETIONS):
+    for record in await topics.read_all(bootstrap, topics.COMPLETIONS):
         with contextlib.suppress(codec.UndecodableEvent):
-            event = codec.decode(value)
+            event = codec.decode(record.value)
             found[event.document_id].append(event)
     return found
 
@@ -464,9 +439,9 @@ async def judge(docs: list[Doc], settings: Any, results: Results) -> None:
     # emits the same deterministic ids; different ids would be a second effect
     ids: dict[tuple[str, str], set[str]] = defaultdict(set)
     copies = 0
-    for _, _, _, value in await read_topic(settings.kafka_bootstrap, topics.EVENTS):
+    for record in await topics.read_all(settings.kafka_bootstrap, topics.EVENTS):
         try:
-            event = codec.decode(value)
+            event = codec.decode(record.value)
         except codec.UndecodableEvent:
             continue
         if event.event_type != DOCUMENT_SUBMITTED:
