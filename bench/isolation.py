@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 
-from aiokafka.admin import AIOKafkaAdminClient
-
 from services.core import topics
 from services.core.config import Settings
 from services.core.provision import create_database, drop_database
@@ -21,18 +19,6 @@ async def create_topics(settings: Settings) -> None:
     await topics.ensure_topics(settings.kafka_bootstrap)
 
 
-async def delete_topics(settings: Settings) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        ours = [t.name for t in topics.ALL_TOPICS if t.name in existing and t.name.startswith(topics.PREFIX + ".")]
-        if ours:
-            await admin.delete_topics(ours)
-    finally:
-        await admin.close()
-
-
 def create(settings: Settings) -> None:
     create_database(settings)
     asyncio.run(create_topics(settings))
@@ -40,7 +26,7 @@ def create(settings: Settings) -> None:
 
 def remove(settings: Settings) -> None:
     """Deletes this run's topics and drops its database; one failing does not stop the other."""
-    for what, undo in (("topics", lambda: asyncio.run(delete_topics(settings))),
+    for what, undo in (("topics", lambda: asyncio.run(topics.delete_topics(settings.kafka_bootstrap))),
                        ("database", lambda: drop_database(settings))):
         try:
             undo()

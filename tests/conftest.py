@@ -58,6 +58,7 @@ def stack() -> Iterator[Settings]:
     asyncio.run(topics.ensure_topics(settings.kafka_bootstrap))
     yield settings
     drop_database(settings)
+    asyncio.run(topics.delete_topics(settings.kafka_bootstrap))  # also the modules' `<RUN_ID>-*` topics
 
 
 @pytest.fixture(scope="session")

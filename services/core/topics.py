@@ -137,6 +137,22 @@ async def read_all(bootstrap: str, topic: Topic) -> list[ConsumerRecord]:
         await consumer.stop()
 
 
+async def delete_topics(bootstrap: str, prefix: str = PREFIX) -> list[str]:
+    """Deletes every topic of a finished test, bench or chaos run (`<prefix>.` and `<prefix>-*.`):
+    a long-lived stack otherwise gathers thousands of partitions, and slows down with them."""
+    if prefix == "uds3":
+        raise ValueError("refusing to delete the default deployment's topics")
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        ours = [t for t in await admin.list_topics() if t.split(".", 1)[0].split("-", 1)[0] == prefix]
+        if ours:
+            await admin.delete_topics(ours)
+        return ours
+    finally:
+        await admin.close()
+
+
 async def ensure_topics(
     bootstrap: str, topics: Iterable[Topic] = ALL_TOPICS, timeout_s: float = 30.0
 ) -> list[str]:

@@ -545,11 +545,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.json_out:
         args.json_out.write_text(json.dumps(s, indent=2))
     if results.ok and not args.keep:
+        from services.core import topics
         from services.core.config import Settings
         from services.core.provision import drop_database
 
         shutil.rmtree(folder, ignore_errors=True)
         drop_database(Settings())
+        asyncio.run(topics.delete_topics(Settings().kafka_bootstrap))
     else:
         print(f"[chaos] run folder kept: {folder} (service logs in {folder / 'logs'}), "
               f"database uds3_{prefix}")
