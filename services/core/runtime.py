@@ -158,6 +158,7 @@ class Runtime:
         while True:
             try:
                 await asyncio.to_thread(check_claim, self.settings, self.step.service)
+                self.store = await asyncio.to_thread(StepStore, self.step.service, self.settings)
                 break
             except Exception as e:
                 if stop.is_set():
@@ -166,7 +167,6 @@ class Runtime:
                     raise
                 logs.warn(self.log, "database unreachable at start, waiting", error=str(e))
                 await asyncio.sleep(1)
-        self.store = await asyncio.to_thread(StepStore, self.step.service, self.settings)
         await asyncio.to_thread(self.step.start, self.settings)
         producer = AIOKafkaProducer(
             bootstrap_servers=self.settings.kafka_bootstrap, enable_idempotence=True, acks="all", linger_ms=2
