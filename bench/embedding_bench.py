@@ -126,7 +126,6 @@ def main() -> None:
     parser.add_argument("--chars", type=int, default=1000, help="chunk size (1320 ~ 256 tokens)")
     parser.add_argument("--pages", type=int, default=300)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
     rng = random.Random(20240601)
@@ -136,12 +135,12 @@ def main() -> None:
     setup_s = time.perf_counter() - started
 
     texts = [prose(args.chars, rng) for _ in range(args.chunks)]
-    int8 = OnnxEmbedder(files.int8, threads=args.threads, batch_size=args.batch)
-    fp32 = OnnxEmbedder(files.fp32, threads=args.threads, batch_size=args.batch)
+    int8 = OnnxEmbedder(files.int8, threads=args.threads)
+    fp32 = OnnxEmbedder(files.fp32, threads=args.threads)
     tokens = np.mean([len(e.ids) for e in int8._tokenizer.encode_batch(texts[:32])])
 
     print(f"## embedding bench ({args.chunks} chunks x {args.chars} chars, ~{tokens:.0f} tokens, "
-          f"threads={args.threads}, batch={args.batch}, load avg {os.getloadavg()[0]:.1f})")
+          f"threads={args.threads}, load avg {os.getloadavg()[0]:.1f})")
     print(f"- model_setup.build(): {setup_s:.1f}s ({'cached' if setup_s < 2 else 'built'})")
     v32, cps32 = bench_embedder(fp32, texts, args.repeats)
     v8, cps8 = bench_embedder(int8, texts, args.repeats)

@@ -62,6 +62,15 @@ FIGURES: dict[str, tuple[str, str]] = {
         "Memory of the stack's servers (Kafka, Neo4j, PostgreSQL) for reference: shared with other users "
         "of the machine, so this is their state at the time of the run, not an idle baseline.",
     ),
+    "embedding": (
+        "7. Embeddings on every CPU",
+        "Each int8 recipe of `model_setup` against the fp32 graph in one run: chunks/s (the service's threads, "
+        "one text per run), cosine to the fp32 vectors over >= 1,000 chunks of four kinds, recall@1, recall@5 and "
+        "MRR on the project's retrieval set (with the numpy float64 reference), and the same recipe on an "
+        "emulated CPU without AVX-512 and VNNI against this CPU's vectors (`bench/embedding.py`). **Goals: "
+        "mean cosine >= 0.995, min >= 0.98; int8 recall@5 within 1 point of fp32; the same vectors on both "
+        "kinds of CPU; the default is the fastest recipe that meets them.**",
+    ),
 }
 
 
@@ -130,7 +139,7 @@ HEADER = """# Benchmarks
 Written by `make bench` (`.venv/bin/python -m bench.run`); every figure below names the exact
 command, date, machine and load average it was measured with. `--quick` runs small sizes (a
 smoke test of the harness, shown here only for figures never measured at full size); `--only
-codec,upload,vector,large,small,stack` runs some figures and keeps the others' last results.
+codec,upload,vector,large,small,stack,embedding` runs some figures and keeps the others' last results.
 The goals come from DESIGN.md section 6.
 
 Ratios are always taken between two measurements of the **same run**, on the same input, so a
@@ -143,8 +152,18 @@ each process's `VmHWM` from `/proc/<pid>/status`, read from outside just before 
 
 
 def write(path: Path = DOC) -> None:
+    """Rebuilds the document: each figure's saved result, else the section the document already has
+    (results live in the git-ignored .stack/, so a fresh machine has only what it measured)."""
+    written = _sections(path.read_text()) if path.exists() else {}
     parts = [HEADER]
     for key, (title, about) in FIGURES.items():
         section = load(key)
-        parts.append(section.markdown() if section else f"## {title}\n\n{about}\n\n_Not measured yet._\n")
+        fallback = written.get(f"## {title}", f"## {title}\n\n{about}\n\n_Not measured yet._\n")
+        parts.append(section.markdown() if section else fallback)
     path.write_text("\n".join(parts))
+
+
+def _sections(doc: str) -> dict[str, str]:
+    """The document's sections by their heading line."""
+    chunks = ("\n" + doc).split("\n## ")[1:]
+    return {"## " + c.split("\n", 1)[0]: "## " + c.rstrip("\n") + "\n" for c in chunks}

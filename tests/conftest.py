@@ -82,3 +82,14 @@ def service_env() -> dict[str, str]:
 def env_applied(service_env: dict[str, str]) -> dict[str, str]:
     """The test process already runs with the same settings as its services."""
     return service_env
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[pytest.TestReport]:
+    """A failed embedding test names what decides the int8 kernels: onnxruntime and the CPU's SIMD flags."""
+    report: pytest.TestReport = yield
+    if report.failed and "embedding" in item.nodeid:
+        from services.vector.embedding import runtime_description
+
+        report.sections.append(("CPU and onnxruntime", runtime_description()))
+    return report

@@ -23,12 +23,8 @@ from services.vector import model_setup
 
 DIM = model_setup.HIDDEN
 MAX_TOKENS = model_setup.MAX_TOKENS
-# One text per session run by default. Dynamic int8 quantisation picks one activation scale per
-# tensor per run, so in a batch a vector would depend (slightly) on its neighbours; alone, a
-# vector is a pure function of its text (replays give identical vectors). A ~250-token chunk
-# already fills the GEMMs: on 2 cores batching gains <5% for int8 (~10% for fp32), while
-# onnxruntime's activation arena grows with the batch (~180 MB at 16, ~360 MB at 32).
-DEFAULT_BATCH_SIZE = 1
+# The SIMD extensions that decide which int8 kernels onnxruntime runs (see runtime_description).
+_SIMD_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni", "amx_int8")
 
 Vectors = npt.NDArray[np.float32]
 EmbedderKind = Literal["int8", "fp32", "numpy"]
@@ -74,7 +70,13 @@ class _BatchFn(Protocol):
 
 
 class OnnxEmbedder:
-    """all-MiniLM-L6-v2 on onnxruntime (CPU)."""
+    """all-MiniLM-L6-v2 on onnxruntime (CPU), one text per session run.
+
+    Dynamic int8 quantisation picks one activation scale per tensor per run, so in a batch a
+    vector would depend on its neighbours; alone, a vector is a pure function of its text, and
+    a batch redone after a crash upserts the same vectors. A ~250-token chunk already fills the
+    GEMMs: batching gained <5% for int8 on 2 cores, while the activation arena grows with it.
+    """
 
     dim: int = DIM
 
@@ -83,13 +85,11 @@ class OnnxEmbedder:
         path: Path | str,
         threads: int | None = None,
         tokenizer_path: Path | str | None = None,
-        batch_size: int = DEFAULT_BATCH_SIZE,
     ) -> None:
         import onnxruntime as ort
 
         self.path = Path(path)
         self.name = f"all-MiniLM-L6-v2/{self.path.stem}"
-        self.batch_size = batch_size
         self.threads = threads or os.cpu_count() or 1
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads
@@ -104,7 +104,10 @@ class OnnxEmbedder:
         return np.asarray(vectors, dtype=np.float32)
 
     def embed(self, texts: list[str]) -> Vectors:
-        return _batched(texts, self.batch_size, self._run)
+        out = np.zeros((len(texts), DIM), dtype=np.float32)
+        for i, text in enumerate(texts):
+            out[i] = self._run([text])[0]
+        return out
 
 
 # --------------------------------------------------------------------------- numpy reference
@@ -197,12 +200,32 @@ def load_embedder(
     kind: EmbedderKind = "int8", threads: int | None = None, model_dir: Path | str | None = None
 ) -> Embedder:
     """Factory. ``int8`` (default, production), ``fp32`` (ONNX reference) or ``numpy`` (slow
-    reference). ONNX kinds build the model cache (``model_setup.build``) if it is missing."""
+    reference). ONNX kinds build the model cache (``model_setup.build``) if it is missing or stale."""
     if kind == "numpy":
         return NumpyReferenceEmbedder()
     if kind not in ("int8", "fp32"):
         raise ValueError(f"unknown embedder kind {kind!r}")
-    files = model_setup.model_files(Path(model_dir) if model_dir is not None else None)
-    if not (files.manifest.is_file() and files.fp32.is_file() and files.int8.is_file()):
-        files = model_setup.build(files.directory)
+    # build() only checks when the files are current (their hashes and the builder version): a
+    # model cache left by an older builder is rebuilt, never served.
+    files = model_setup.build(Path(model_dir) if model_dir is not None else None)
     return OnnxEmbedder(files.int8 if kind == "int8" else files.fp32, threads=threads)
+
+
+def runtime_description() -> str:
+    """onnxruntime's version and the CPU's SIMD flags: what decides the int8 kernels (and their
+    arithmetic: without VNNI, u8 x s8 pair sums go through int16 and can saturate)."""
+    import onnxruntime as ort
+
+    flags: set[str] = set()
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "flags" and not flags:
+                flags = set(value.split())
+            elif key.strip() == "model name" and model == "unknown CPU":
+                model = value.strip()
+    except OSError:
+        pass
+    simd = " ".join(f for f in _SIMD_FLAGS if f in flags) or "none of " + " ".join(_SIMD_FLAGS)
+    return f"onnxruntime {ort.__version__}; {model}; SIMD: {simd}"

@@ -10,7 +10,8 @@ torch is not available, so the BERT encoder graph is written directly with ``onn
 onnxruntime's fused contrib ops (``com.microsoft``: EmbedLayerNormalization, Attention, BiasGelu,
 SkipLayerNormalization), followed by mean pooling over the attention mask and L2 normalisation.
 The fp32 graph is kept as reference; the default graph is its dynamic int8 quantisation
-(per-channel weights).
+(``DEFAULT_QUANTIZATION``: per-channel 7-bit weights, the FFN output MatMuls left in fp32), chosen
+so that its vectors are the same on CPUs with and without VNNI (docs/decisions.md).
 
 Output directory (env ``UDS3_MODEL_DIR``, default ``<repo>/.stack/models/all-MiniLM-L6-v2``)::
 
@@ -45,7 +46,7 @@ MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 SAFETENSORS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 TOKENIZER_SHA256 = "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"
 # Bump when the graph construction or the quantisation settings change.
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2
 
 HIDDEN = 384
 HEADS = 12
@@ -256,15 +257,38 @@ def build_fp32_graph(w: dict[str, np.ndarray]) -> onnx.ModelProto:
     return model
 
 
-def quantize_int8(fp32_path: Path, int8_path: Path) -> None:
-    """Dynamic int8: per-channel signed weights, uint8 activations quantised at run time.
+@dataclass(frozen=True)
+class Quantization:
+    """A dynamic int8 recipe: per-channel signed weights quantised here, uint8 activations at run time.
 
-    Measured on 2 cores with ~1000-char chunks (cosine to the fp32 graph):
-    per-channel QInt8 on MatMul + Attention ~58 chunks/s (2x fp32), mean 0.992 / min 0.987;
-    per-tensor weights: mean 0.93 (rejected); QUInt8 weights: half the speed (rejected);
-    keeping the FFN output MatMuls in fp32: mean 0.996 / min 0.994 but ~25% slower (GELU
-    outputs have outliers that a per-tensor uint8 activation scale handles poorly).
+    ``reduce_range``: 7-bit weights (|w| <= 64). On x86 CPUs without VNNI, onnxruntime multiplies u8
+    activations by s8 weights with VPMADDUBSW, which adds two products into a saturating int16;
+    with 7-bit weights 2 x 255 x 64 = 32,640 still fits, so the int32 sums (and the vectors) are
+    the same as on a VNNI CPU, which sums in int32 directly.
+    ``fp32_nodes``: MatMuls left in fp32. The FFN output MatMul reads GELU outputs, whose outliers
+    a per-tensor u8 activation scale resolves poorly: it costs most of int8's error.
     """
+
+    name: str
+    reduce_range: bool
+    fp32_nodes: tuple[str, ...] = ()
+
+
+FFN_OUTPUT_MATMULS = tuple(f"l{i}_ff2" for i in range(LAYERS))
+QUANTIZATIONS = {
+    q.name: q
+    for q in (
+        Quantization("s8", reduce_range=False),  # builder 1: saturates without VNNI
+        Quantization("s7", reduce_range=True),
+        Quantization("s8-ffn-out-fp32", reduce_range=False, fp32_nodes=FFN_OUTPUT_MATMULS),
+        Quantization("s7-ffn-out-fp32", reduce_range=True, fp32_nodes=FFN_OUTPUT_MATMULS),
+    )
+}
+DEFAULT_QUANTIZATION = QUANTIZATIONS["s7-ffn-out-fp32"]  # why: docs/decisions.md, measured in make bench
+
+
+def quantize_int8(fp32_path: Path, int8_path: Path, recipe: Quantization = DEFAULT_QUANTIZATION) -> None:
+    """Dynamic int8 of the MatMul and Attention nodes of the fp32 graph (see ``Quantization``)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     # The quantiser chats on the root logger (one line per tensor, a "pre-process" hint).
@@ -275,7 +299,9 @@ def quantize_int8(fp32_path: Path, int8_path: Path) -> None:
             int8_path,
             op_types_to_quantize=["MatMul", "Attention"],
             per_channel=True,
+            reduce_range=recipe.reduce_range,
             weight_type=QuantType.QInt8,
+            nodes_to_exclude=list(recipe.fp32_nodes),
             # Shape inference cannot type the outputs of com.microsoft ops; everything is float.
             extra_options={"DefaultTensorType": TensorProto.FLOAT},
         )
@@ -346,7 +372,9 @@ def build(directory: Path | None = None, force: bool = False) -> ModelFiles:
         "max_tokens": MAX_TOKENS,
         "pooling": "mean",
         "normalize": "l2",
-        "quantization": "dynamic int8, per-channel QInt8 weights, ops MatMul+Attention",
+        "quantization": f"dynamic int8 {DEFAULT_QUANTIZATION.name}: per-channel QInt8 weights"
+        f"{' (7-bit)' if DEFAULT_QUANTIZATION.reduce_range else ''}, ops MatMul+Attention,"
+        f" fp32: {', '.join(DEFAULT_QUANTIZATION.fp32_nodes) or 'none'}",
     }
     tmp_manifest = files.manifest.with_suffix(".json.tmp")
     tmp_manifest.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")

@@ -1,5 +1,12 @@
 """Embedding backends: the ONNX graphs built by model_setup are checked against an independent
-numpy forward pass of the same safetensors weights."""
+numpy forward pass of the same safetensors weights, and the int8 graph against the fp32 one on
+every kind of text the vector step meets and on the project's retrieval set.
+
+Thresholds are the spread measured for the default int8 graph (s7-ffn-out-fp32, docs/decisions.md)
+on an AMD EPYC with AVX-512 VNNI and on an emulated AVX2-only EPYC-Milan (qemu), which give the
+same vectors (tests/integration/test_embedding_cpus.py), less the margin stated beside each.
+A failure report names onnxruntime's version and the CPU's SIMD flags (tests/conftest.py).
+"""
 
 from __future__ import annotations
 
@@ -7,8 +14,11 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
+from onnx import numpy_helper
 
+from bench import quality
 from services.vector import model_setup
 from services.vector.embedding import (
     Embedder,
@@ -102,7 +112,53 @@ def test_fp32_graph_matches_numpy_reference(fp32: OnnxEmbedder, ref_vectors: np.
 
 
 def test_int8_graph_close_to_numpy_reference(int8: OnnxEmbedder, ref_vectors: np.ndarray) -> None:
-    assert cosines(int8.embed(PASSAGES), ref_vectors).min() >= 0.99
+    # Measured: 0.9958-0.9973 with and without VNNI (builder 1's s8 graph: 0.9898 without VNNI).
+    got = cosines(int8.embed(PASSAGES), ref_vectors)
+    assert got.min() >= 0.993, f"int8 vs numpy reference {np.round(got, 4)}"
+
+
+@pytest.fixture(scope="session")
+def corpus_vectors(int8: OnnxEmbedder, fp32: OnnxEmbedder) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """int8 and fp32 vectors of 25 chunks of each kind: prose (en, de), code and LaTeX, tables."""
+    return {kind: (int8.embed(texts), fp32.embed(texts)) for kind, texts in quality.corpus(per_kind=25).items()}
+
+
+def test_int8_agrees_with_fp32_on_every_kind_of_text(
+    corpus_vectors: dict[str, tuple[np.ndarray, np.ndarray]],
+) -> None:
+    # Measured over the 1,007 chunks of `make bench`: mean 0.9961, min 0.9893; per kind, means
+    # 0.9939 (German prose) to 0.9968 (code and LaTeX). Asserted: the goal (mean >= 0.995) over all
+    # 100 chunks, a min 0.004 below the measured one, each kind's mean 0.002 below its lowest.
+    got = {kind: cosines(v8, v32) for kind, (v8, v32) in corpus_vectors.items()}
+    every = np.concatenate(list(got.values()))
+    table = ", ".join(f"{k} {c.mean():.4f}/{c.min():.4f}" for k, c in got.items())
+    message = f"int8 vs fp32 cosine mean/min: {table}; all {every.mean():.4f}/{every.min():.4f}"
+    assert every.mean() >= 0.995 and every.min() >= 0.985, message
+    assert all(c.mean() >= 0.992 for c in got.values()), message
+
+
+def test_int8_retrieval_within_one_point_of_fp32(int8: OnnxEmbedder, fp32: OnnxEmbedder) -> None:
+    rs = quality.retrieval_set()
+    scores = {"int8": quality.retrieve(int8, rs), "fp32": quality.retrieve(fp32, rs)}
+    summary = {k: (round(v.recall_at_1, 3), round(v.recall_at_5, 3), round(v.mrr, 3)) for k, v in scores.items()}
+    # Not the easy case: fp32 itself misses a sixth of the questions at 5 (measured 0.834).
+    assert 0.7 <= scores["fp32"].recall_at_5 < 0.95, f"recall@1, @5, MRR {summary}"
+    # Measured: int8 0.831 against fp32 0.834 (the goal: within 1 point).
+    assert scores["int8"].recall_at_5 >= scores["fp32"].recall_at_5 - 0.01, f"recall@1, @5, MRR {summary}"
+    assert scores["int8"].mrr >= scores["fp32"].mrr - 0.01, f"recall@1, @5, MRR {summary}"
+
+
+def test_int8_weights_cannot_saturate_without_vnni(model_dir: Path) -> None:
+    """Without VNNI, u8 x s8 pair sums go through a saturating int16 (VPMADDUBSW): 7-bit weights
+    keep 2 x 255 x 64 inside it, so every CPU computes the same int32 sums."""
+    graph = onnx.load(str(model_dir / model_setup.INT8_FILE)).graph
+    weights = {t.name: numpy_helper.to_array(t) for t in graph.initializer if t.data_type == onnx.TensorProto.INT8}
+    quantized = [n for n in graph.node if n.op_type in ("MatMulInteger", "QAttention")]
+    assert len(quantized) == 3 * model_setup.LAYERS  # per layer: QKV, attention output, FFN input
+    for node in quantized:
+        w = weights[node.input[1]]
+        assert w.ndim == 2 and np.abs(w.astype(np.int32)).max() <= 64, f"{node.name}: weights {w.min()}..{w.max()}"
+    assert sum(n.op_type == "MatMul" for n in graph.node) == model_setup.LAYERS
 
 
 def test_short_and_empty_texts(fp32: OnnxEmbedder, reference: NumpyReferenceEmbedder) -> None:
@@ -150,31 +206,17 @@ def test_semantic_sanity(kind: str, int8: OnnxEmbedder, fp32: OnnxEmbedder) -> N
     assert list(scores.argmax(axis=1)) == [0, 1, 2, 3]
 
 
-def test_batch_order_preserved(model_dir: Path) -> None:
-    # Tiny batches + very different lengths: sorting by length must not reorder the output.
-    fp32 = OnnxEmbedder(model_dir / model_setup.FP32_FILE, batch_size=2)
-    texts = [PASSAGES[0], "a cat", PASSAGES[2], "", "kafka consumer offsets", PASSAGES[1]]
-    together = fp32.embed(texts)
-    one_by_one = np.vstack([fp32.embed([t]) for t in texts])
-    np.testing.assert_allclose(together, one_by_one, atol=1e-4)
-
-
-def test_int8_vectors_do_not_depend_on_neighbours(int8: OnnxEmbedder) -> None:
-    texts = [PASSAGES[3], "a cat", PASSAGES[1], PASSAGES[0], "", PASSAGES[2]]
-    together = int8.embed(texts)
-    one_by_one = np.vstack([int8.embed([t]) for t in texts])
-    np.testing.assert_array_equal(together, one_by_one)  # default batch_size=1: pure function
-
-
-def test_int8_batched_order_preserved(model_dir: Path) -> None:
-    int8 = OnnxEmbedder(model_dir / model_setup.INT8_FILE, batch_size=4)
-    texts = [PASSAGES[3], "a cat", PASSAGES[1], PASSAGES[0], "", PASSAGES[2]]
-    together = int8.embed(texts)
-    one_by_one = np.vstack([int8.embed([t]) for t in texts])
-    # In a batch, dynamic int8 shares one activation scale per tensor, so a vector depends
-    # slightly on its neighbours (worst for tiny texts batched with long ones).
-    assert cosines(together, one_by_one).min() >= 0.95
-    assert list((together @ one_by_one.T).argmax(axis=1)) == list(range(len(texts)))
+@pytest.mark.parametrize("kind", ["int8", "fp32"])
+def test_vectors_do_not_depend_on_the_batch(kind: str, int8: OnnxEmbedder, fp32: OnnxEmbedder) -> None:
+    """A batch redone after a crash, cut differently, upserts the same vectors."""
+    embedder = int8 if kind == "int8" else fp32
+    texts = [*PASSAGES, "a cat", "", *quality.corpus(per_kind=7).get("tables", [])] * 4
+    vectors = {
+        size: np.vstack([embedder.embed(texts[i : i + size]) for i in range(0, len(texts), size)])
+        for size in (1, 7, 32)
+    }
+    np.testing.assert_array_equal(vectors[7], vectors[1])
+    np.testing.assert_array_equal(vectors[32], vectors[1])
 
 
 def test_load_embedder_factory(model_dir: Path) -> None:
