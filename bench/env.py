@@ -47,6 +47,7 @@ class BenchEnv:
             "UDS3_MODEL_DIR": str(MODEL_DIR),
             "UDS3_STACK_DIR": str(BENCH_DIR / "stack"),
             "UDS3_FAULTS": "",  # never measure injected faults, whatever the calling shell exports
+            "UDS3_ALLOWED_ROOT": str(BENCH_DIR),  # the generated inputs are read in place, never staged
         }
 
     def clean(self) -> None:

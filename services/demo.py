@@ -21,7 +21,7 @@ from PIL import Image
 from services.cli.main import follow, show_terminal
 from services.client import Client
 from services.core import topics
-from services.core.config import REPO_ROOT, Settings
+from services.core.config import Settings
 from services.processes import running_detached, start_all, stop_all
 
 KNOWN_PASSAGE = (
@@ -99,7 +99,7 @@ def search(document_id: str) -> None:
 def main() -> int:
     text_pages = int(os.environ.get("UDS3_DEMO_TEXT_PAGES", "400"))
     scan_pages = int(os.environ.get("UDS3_DEMO_SCAN_PAGES", "110"))
-    folder = REPO_ROOT / ".stack" / "demo"
+    folder = Settings().allowed_root / "demo"  # generated in the ingest inbox: nothing to stage
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"case-files-{text_pages}t-{scan_pages}s.pdf"
     if not path.exists():

@@ -23,6 +23,7 @@ from services.cli.ops import audit_app, dlq_app, saga_compensate, saga_retry
 from services.client import Client
 from services.core.config import Settings
 from services.core.events import STEPS, SUCCESS_EVENT, TERMINAL_EVENTS, Event
+from services.core.validation import InvalidInput, uuid_id
 
 app = typer.Typer(
     help="uds3-saga: ingest large documents into vectors, graph and relational stores.",
@@ -49,7 +50,7 @@ def friendly(fn: Callable[..., T]) -> Callable[..., T]:
     def wrapper(*args: Any, **kwargs: Any) -> T:
         try:
             return fn(*args, **kwargs)
-        except UserError as e:
+        except (UserError, InvalidInput) as e:
             err.print(f"[red]error:[/red] {e}")
             raise typer.Exit(2) from None
         except (ConnectionError, OSError) as e:
@@ -102,18 +103,23 @@ def submit(
 
     async def go() -> Event | None:
         async with Client() as client:
-            sub = await client.submit(
-                path,
-                title=title,
-                author=author,
-                organisation=organisation,
-                case_number=case,
-                references=reference,
-                metadata=_metadata(meta),
-                security_level=security_level,
-                declared_sha256=sha256,
-                document_id=document_id,
-            )
+            # A file outside the ingest inbox is copied into it first (the services read only there).
+            with Progress(TextColumn("staging into the inbox"), BarColumn(), TaskProgressColumn(), console=err,
+                          transient=True) as bar:
+                task = bar.add_task("stage", total=None)
+                sub = await client.submit(
+                    path,
+                    title=title,
+                    author=author,
+                    organisation=organisation,
+                    case_number=case,
+                    references=reference,
+                    metadata=_metadata(meta),
+                    security_level=security_level,
+                    declared_sha256=sha256,
+                    document_id=document_id,
+                    staged=lambda done, total: bar.update(task, completed=done, total=total),
+                )
             if not wait:
                 print(sub.document_id)
                 return None
@@ -199,7 +205,7 @@ def status(
 ) -> None:
     """One document's saga state, or a table of the newest ones (from the event store)."""
     reader = _reader()
-    known = [document_id] if document_id else reader.document_ids()
+    known = [uuid_id("document id", document_id)] if document_id else reader.document_ids()
     ids = known[-last:] if last > 0 else known
     caption = None if document_id else f"the newest {len(ids)} of {len(known)} (--last 0: all)"
     table = Table("document", "status", "step", "errors", caption=caption)
@@ -342,6 +348,8 @@ def search(
     from services.vector.embedding import load_embedder
 
     settings = Settings()
+    if document is not None:
+        uuid_id("document id", document)
     try:
         index = VectorIndex(settings.milvus_uri, settings.milvus_collection).open()
     except Exception as e:
@@ -396,7 +404,7 @@ def services_status() -> None:
 
 
 def _known_state(document_id: str) -> Any:
-    state = _reader().state(document_id)
+    state = _reader().state(uuid_id("document id", document_id))
     if not state.history:
         raise UserError(f"unknown document {document_id}")
     return state

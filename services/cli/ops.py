@@ -34,6 +34,7 @@ from services.core.events import (
     failed,
 )
 from services.core.runtime import REDRIVE_PRODUCER
+from services.core.validation import InvalidInput, uuid_id
 
 audit_app = typer.Typer(help="Audit trail and consistency checks.", no_args_is_help=True)
 dlq_app = typer.Typer(help="The dead-letter topic: inspect and re-drive.", no_args_is_help=True)
@@ -79,6 +80,11 @@ def audit_consistency(
     from services.core.consistency import audit
     from services.core.errors import StepError
 
+    try:
+        for doc in document:
+            uuid_id("document id", doc)
+    except InvalidInput as e:
+        raise _fail(str(e)) from None
     try:
         report = audit(Settings(), document or None)
     except (StepError, ConnectionError, OSError) as e:  # Milvus is read through the running vector service
@@ -361,7 +367,7 @@ def _redrive(document_id: str, plan: Any) -> None:
     from services.core.saga import SagaReader
 
     settings = Settings()
-    state = SagaReader(settings).state(document_id)
+    state = SagaReader(settings).state(uuid_id("document id", document_id))
     try:
         redrive = plan(state)
     except CannotRedrive as e:

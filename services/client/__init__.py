@@ -9,18 +9,19 @@ async with Client() as client:
 
 from __future__ import annotations
 
+import asyncio
 import getpass
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from services.core import codec, topics
+from services.core import codec, topics, validation
 from services.core.config import Settings
 from services.core.events import DOCUMENT_SUBMITTED, TERMINAL_EVENTS, Event
 
@@ -72,17 +73,24 @@ class Client:
         case_number: str | None = None,
         references: Sequence[str] = (),
         metadata: Mapping[str, str] | None = None,
-        security_level: str = "internal",
+        security_level: str = validation.DEFAULT_SECURITY_LEVEL,
         submitter: str | None = None,
         declared_sha256: str | None = None,
         document_id: str | None = None,
         content_type: str = "",
+        staged: Callable[[int, int], None] | None = None,
     ) -> Submission:
-        """Publishes DocumentSubmitted (a claim check: the path, never the bytes)."""
-        await self.start()
-        assert self.producer is not None
-        source, size = _describe(path)
-        doc = document_id or str(uuid.uuid4())
+        """Publishes DocumentSubmitted (a claim check: the path, never the bytes).
+
+        Raises `validation.InvalidInput`, publishing nothing, when a field breaks a rule that
+        every consumer applies (`services/core/validation.py`).
+
+        The services read documents only from the ingest inbox (`UDS3_ALLOWED_ROOT`): a file
+        elsewhere is first copied into `<inbox>/staged/<document id>/`, read with the caller's
+        rights; `staged(done, total)` is called as the copy proceeds."""
+        doc = validation.uuid_id("document id", document_id) if document_id else str(uuid.uuid4())
+        inbox = self.settings.allowed_root
+        source, size = _describe(await asyncio.to_thread(stage, Path(path), inbox, doc, staged))
         event = Event(
             event_type=DOCUMENT_SUBMITTED,
             document_id=doc,
@@ -103,6 +111,9 @@ class Client:
                 "submitter": submitter or getpass.getuser(),
             },
         )
+        validation.check_event(event)  # the rules every consumer applies: refused here, with the reason
+        await self.start()
+        assert self.producer is not None
         now_ms = int(time.time() * 1000)
         await self.producer.send_and_wait(topics.EVENTS.name, codec.encode(event), key=doc.encode())
         return Submission(doc, event.saga_id, event.event_id, now_ms)
@@ -202,6 +213,26 @@ async def _seek_to_time(consumer: AIOKafkaConsumer, parts: list[TopicPartition],
     for tp in parts:
         hit = found.get(tp)
         consumer.seek(tp, hit.offset if hit is not None else ends[tp])
+
+
+def stage(source: Path, inbox: Path, document_id: str, progress: Callable[[int, int], None] | None = None) -> Path:
+    """The path the services will read: `source` itself when it lies in the inbox (symlinks
+    resolved), else a copy in it. A missing or special file is passed on as it is: the
+    uploader refuses it with the reason."""
+    source = source.absolute()
+    if not source.is_file() or source.resolve().is_relative_to(inbox.resolve()):
+        return source
+    target = inbox / "staged" / document_id / source.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    total, done, tmp = source.stat().st_size, 0, target.with_name(f".{target.name}.part")
+    with open(source, "rb") as src, open(tmp, "wb") as dst:
+        while block := src.read(8 << 20):
+            dst.write(block)
+            done += len(block)
+            if progress is not None:
+                progress(done, total)
+    os.replace(tmp, target)
+    return target
 
 
 def _describe(path: str | Path) -> tuple[Path, int]:

@@ -25,12 +25,23 @@ class ChunkRef:
     sha256: str
 
 
+class OutsideChunkStore(ValueError):
+    """A document id that would name a path outside the chunk store."""
+
+
 class ChunkStore:
     def __init__(self, root: Path) -> None:
         self.root = root
 
     def folder(self, document_id: str) -> Path:
-        return self.root / document_id
+        """The document's folder: one level directly inside the store, after resolving symlinks.
+        Anything else (`..`, a slash, an absolute path, a link out) is refused before any read,
+        write or delete touches it."""
+        root = self.root.resolve()
+        folder = (root / document_id).resolve()
+        if folder.parent != root or not document_id:
+            raise OutsideChunkStore(f"document id {document_id!r} names {folder}, not a folder of the store {root}")
+        return folder
 
     def put(self, document_id: str, index: int, data: bytes) -> str:
         """Writes chunk `index` atomically and returns its sha256."""

@@ -58,7 +58,8 @@ class Settings:
         default_factory=lambda: Path(_env("UDS3_CHUNK_STORE", str(_stack_dir() / "data" / "chunks")))
     )
     # Only files under this root may be ingested (no `..` or symlink escapes).
-    allowed_root: Path = field(default_factory=lambda: Path(_env("UDS3_ALLOWED_ROOT", "/")))
+    # The ingest inbox: the services read documents only from under it (the client stages others in).
+    allowed_root: Path = field(default_factory=lambda: Path(_env("UDS3_ALLOWED_ROOT", str(_stack_dir() / "inbox"))))
     max_file_bytes: int = field(default_factory=lambda: int(_env("UDS3_MAX_FILE_BYTES", str(4 * 1024**3))))
     chunk_bytes: int = field(default_factory=lambda: int(_env("UDS3_CHUNK_BYTES", str(5 * 1024 * 1024))))
     # One chunk in flight (while the next is read and hashed): a crash redoes at most one chunk (G4).

@@ -34,7 +34,7 @@ from aiokafka.structs import ConsumerRecord
 from eventsourcing.persistence import IntegrityError as EventStoreConflict
 from eventsourcing.persistence import Tracking
 
-from services.core import codec, logs, topics
+from services.core import codec, logs, topics, validation
 from services.core.config import Settings
 from services.core.errors import PermanentError, StepError, TransientError
 from services.core.events import (
@@ -49,7 +49,7 @@ from services.core.events import (
 from services.core.faults import FaultInjector
 from services.core.provision import check_claim
 from services.core.step import Context, Interrupted, Step
-from services.core.steplog import StepLog, event_of, message_of
+from services.core.steplog import ENDINGS, StepLog, event_of, message_of
 from services.core.store import StepStore, kafka_position
 
 
@@ -242,6 +242,13 @@ class Runtime:
         except codec.UndecodableEvent as e:
             await self.dead_letter(message, str(e), producer)
             return True
+        try:  # decodable but untrusted: nothing runs for an event that breaks a rule
+            validation.check_event(event)
+            if message.key != event.document_id.encode():  # its partition, and so its order (G6)
+                raise validation.InvalidInput(f"key {message.key!r} is not its document id")
+        except validation.InvalidInput as e:
+            await self.dead_letter(message, f"invalid {event.event_type}: {e}", producer)
+            return True
         tracking = Tracking(kafka_position(tp.topic, tp.partition), message.offset + 1)
         while True:
             try:
@@ -289,9 +296,10 @@ class Runtime:
         step = self.step
         forward = event.event_type in step.reacts_to
         undo = step.next_step is not None and event.event_type in (failed(step.next_step), compensated(step.next_step))
-        if not (forward or undo or event.event_type in step.remembers | step.observes):
+        remembers = step.remembers | ENDINGS  # every step knows when its document's saga has ended
+        if not (forward or undo or event.event_type in remembers | step.observes):
             return Outcome("ignored")
-        if not (forward or undo or event.event_type in step.remembers):
+        if not (forward or undo or event.event_type in remembers):
             # Observe-only (the audit trail): idempotent by itself, so no event-store write.
             try:
                 step.observe(event, self.ctx)
@@ -306,12 +314,17 @@ class Runtime:
                 recorded = self.store.record(log, tracking)
                 return Outcome("duplicate" if recorded else "redelivered")
             before = len(log.emitted)
-            if event.event_type in step.remembers and not log.has_received(event.event_id):
+            # An ended saga stays ended: a late (or forged) failure, compensation or forward event
+            # would make this step undo or redo its work under a Completed or Compensated saga.
+            ended = log.ended() if forward or undo else None
+            if event.event_type in remembers and not ended and not log.knows(event.event_id):
                 log.receive(message_of(event))
             try:
                 if event.event_type in step.observes:
                     step.observe(event, self.ctx)
-                if forward:
+                if ended:
+                    log.refuse({**message_of(event), "reason": f"the saga had already ended ({ended})"})
+                elif forward:
                     self._forward(event, log)
                 elif undo:
                     self._compensate(event, log)
@@ -319,7 +332,7 @@ class Runtime:
                 raise
             except Exception as raw:
                 err = classify(raw)
-                if not (forward or undo):
+                if ended or not (forward or undo):  # only observing failed: never undo for it
                     raise ObserveFailed(str(err)) from raw
                 if err.retriable and time.monotonic() < deadline:
                     attempt += 1
@@ -335,13 +348,14 @@ class Runtime:
                     time.sleep(delay)
                     continue
                 log = self.store.step_log(event.document_id)  # drop the failed attempt's pending events
-                if event.event_type in step.remembers and not log.has_received(event.event_id):
+                if event.event_type in remembers and not log.knows(event.event_id):
                     log.receive(message_of(event))
                 (self._fail_forward if forward else self._fail_undo)(event, log, err)
-            if forward or undo or event.event_type in step.remembers:
+            if forward or undo or event.event_type in remembers:
                 log.mark_processed(event.event_id)  # observe-only inputs are idempotent by themselves
             recorded = self.store.record(log, tracking)
-            return Outcome("handled" if recorded else "redelivered", len(log.emitted) - before)
+            action = ("refused" if ended else "handled") if recorded else "redelivered"
+            return Outcome(action, len(log.emitted) - before)
 
     def _forward(self, event: Event, log: StepLog) -> None:
         sub = log.submission()

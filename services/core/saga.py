@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from services.core.config import Settings
@@ -65,7 +66,7 @@ def fold(document_id: str, messages: Iterable[dict[str, Any]]) -> SagaState:
             state.progress[kind] = m["payload"]
             continue
         state.history.append(m)
-        if kind == DOCUMENT_SUBMITTED:
+        if kind == DOCUMENT_SUBMITTED and not state.saga_id:  # a resubmission joins the first saga
             state.saga_id, state.status, state.submitted_at = m["saga_id"], "Running", m["occurred_at"]
             state.current_step = STEPS[0]
         for step in STEPS:
@@ -88,7 +89,8 @@ def fold(document_id: str, messages: Iterable[dict[str, Any]]) -> SagaState:
 
 
 def causal_order(messages: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """By time, and by causation where times tie (the wire keeps milliseconds only)."""
+    """By time, and by causation where times tie (the wire keeps milliseconds only); a terminal
+    event is the last of its instant (it is emitted with, or after, the step event it closes)."""
     listed = list(messages)
     cause = {m["event_id"]: m["causation_id"] for m in listed}
 
@@ -99,7 +101,12 @@ def causal_order(messages: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
             n += 1
         return n
 
-    return sorted(listed, key=lambda m: (m["occurred_at"], depth(m["event_id"])))
+    def millisecond(occurred_at: str) -> datetime:  # a copy read off Kafka has no microseconds
+        at = datetime.fromisoformat(occurred_at)
+        return at.replace(microsecond=at.microsecond // 1000 * 1000)
+
+    return sorted(listed, key=lambda m: (millisecond(m["occurred_at"]), depth(m["event_id"]),
+                                         m["event_type"] in TERMINAL_EVENTS))
 
 
 class SagaReader:

@@ -15,7 +15,11 @@ from typing import Any
 
 from eventsourcing.domain import Aggregate, event
 
-from services.core.events import NAMESPACE, Event
+from services.core.events import DOCUMENT_COMPENSATED, DOCUMENT_COMPLETED, NAMESPACE, Event
+
+# The ends after which nothing acts on a document (CompensationFailed is not one: an operator
+# re-drives it to DocumentCompensated).
+ENDINGS = frozenset({DOCUMENT_COMPLETED, DOCUMENT_COMPENSATED})
 
 
 def message_of(e: Event) -> dict[str, Any]:
@@ -63,6 +67,7 @@ class StepLog(Aggregate):
         self.received: list[dict[str, Any]] = []
         self.emitted: list[dict[str, Any]] = []
         self.processed: list[str] = []
+        self.refused: list[dict[str, Any]] = []
 
     @event("Received")
     def receive(self, message: dict[str, Any]) -> None:
@@ -79,6 +84,11 @@ class StepLog(Aggregate):
         """The inbox: this input is fully handled. Checkpoints of a long step do not set it,
         so a crashed step's input is handled again and resumes from its last checkpoint."""
         self.processed.append(event_id)
+
+    @event("Refused")
+    def refuse(self, message: dict[str, Any]) -> None:
+        """An input not acted on (the saga had ended), kept with the reason."""
+        self.refused.append(message)
 
     # --- queries (pure) --------------------------------------------------------------------
     def emit_event(self, e: Event) -> None:
@@ -100,6 +110,14 @@ class StepLog(Aggregate):
 
     def has_received(self, event_id: str) -> bool:
         return any(m["event_id"] == event_id for m in self.received)
+
+    def knows(self, event_id: str) -> bool:
+        """Received or emitted it (a service gets its own events back from the topic)."""
+        return self.has_received(event_id) or any(m["event_id"] == event_id for m in self.emitted)
+
+    def ended(self) -> str | None:
+        """How the saga ended, as far as this service has seen (its own ending or one it received)."""
+        return next((m["event_type"] for m in (*self.emitted, *self.received) if m["event_type"] in ENDINGS), None)
 
     def handled(self, event_id: str) -> bool:
         """True when this input was fully handled before (a duplicate delivery)."""

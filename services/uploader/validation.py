@@ -72,9 +72,12 @@ def validate(source_uri: str, allowed_root: Path, max_bytes: int) -> ValidFile:
 
 
 def sniff(head: bytes, path: Path) -> str:
-    """The content type from the magic bytes, never from the file name."""
+    """The content type from the magic bytes, never from the file name; but a file named `.pdf`
+    must be one (HTML or a script saved as `.pdf` is a mistake or an attack, not text to index)."""
     if head.startswith(b"%PDF-"):
         return PDF
+    if path.suffix.lower() == ".pdf":
+        raise Refused(f"{path}: named .pdf but not a PDF (it does not start with %PDF-)")
     if b"\x00" not in head:
         try:
             head.decode("utf-8")

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from services.core.errors import TransientError
+from services.core.validation import uuid_id
 
 DIM = 384
 TEXT_MAX = 4096
@@ -14,6 +15,13 @@ TEXT_MAX = 4096
 def chunk_key(document_id: str, chunk_index: int) -> str:
     """Deterministic primary key: a replayed batch upserts the same rows instead of adding new ones."""
     return f"{document_id}:{chunk_index:07d}"
+
+
+def _of_document(document_id: str) -> str:
+    """The filter for one document's rows. milvus-lite's filter parser takes no parameters
+    (FINDINGS.md), so the value is checked to be a canonical UUID first: it cannot close the
+    quote or widen the filter, whatever an event carried."""
+    return f'document_id == "{uuid_id("document id", document_id)}"'
 
 
 def endpoint_file(milvus_uri: str) -> Path:
@@ -98,13 +106,13 @@ class VectorIndex:
             raise TransientError(f"Milvus upsert failed: {e}") from e
 
     def count(self, document_id: str) -> int:
-        rows = self.client.query(self.collection, filter=f'document_id == "{document_id}"', output_fields=["count(*)"])
+        rows = self.client.query(self.collection, filter=_of_document(document_id), output_fields=["count(*)"])
         return int(rows[0]["count(*)"]) if rows else 0
 
     def delete_document(self, document_id: str) -> int:
         before = self.count(document_id)
         try:
-            self.client.delete(self.collection, filter=f'document_id == "{document_id}"')
+            self.client.delete(self.collection, filter=_of_document(document_id))
         except Exception as e:
             raise TransientError(f"Milvus delete failed: {e}") from e
         return before
@@ -127,7 +135,7 @@ class VectorIndex:
             self.collection,
             [vector],
             limit=k,
-            filter=f'document_id == "{document_id}"' if document_id else "",
+            filter=_of_document(document_id) if document_id else "",
             output_fields=["document_id", "page", "chunk", "text"],
         )
         return [{"score": h["distance"], **h["entity"]} for h in hits[0]]

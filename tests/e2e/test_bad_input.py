@@ -82,21 +82,31 @@ def test_refused_files_end_the_saga_at_the_first_step_with_the_reason(
     png.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(256))
     (inside / "escape").symlink_to(tmp_path)
     cases = {
-        outside: "outside the allowed root",
-        inside / "escape" / "elsewhere.pdf": "outside the allowed root",  # a symlink escape
         empty: "the file is empty",
-        png: "not a PDF or UTF-8 text file",
+        png: "named .pdf but not a PDF",
         inside / "missing.pdf": "no such file",
         inside: "is a directory",
+    }
+    # The client stages a file from outside the inbox; a publisher that bypasses it is refused.
+    published = {
+        outside: "outside the allowed root",
+        inside / "escape" / "elsewhere.pdf": "outside the allowed root",  # a symlink escape
     }
 
     async def run() -> list[Event]:
         async with Client() as client:
             subs = [await client.submit(path, title=f"refused {path.name}") for path in cases]
+            since = int(time.time() * 1000)
+            for path in published:
+                event = Event(DOCUMENT_SUBMITTED, str(uuid.uuid4()), str(uuid.uuid4()), {
+                    "source_uri": path.as_uri(), "size_bytes": 1, "content_type": "application/pdf",
+                    "submitter": "bypass", "security_level": "internal", "title": f"refused {path.name}"})
+                await client.republish(event)
+                subs.append(Submission(event.document_id, event.saga_id, event.event_id, since))
             return await outcomes(client, subs)
 
     results = asyncio.run(run())
-    for (path, reason), outcome in zip(cases.items(), results, strict=True):
+    for (path, reason), outcome in zip([*cases.items(), *published.items()], results, strict=True):
         assert outcome.event_type == DOCUMENT_COMPENSATED, (path, outcome)
         assert outcome.payload["failed_step"] == "Upload"
         assert reason in outcome.payload["reason"], (path, outcome.payload["reason"])
@@ -147,11 +157,13 @@ def test_the_same_document_submitted_twice_is_ingested_once(
     assert outcome.event_type == DOCUMENT_COMPLETED, (outcome, services.logs())
     uploader = StepStore("uploader", stack, admin=True)
     deadline = time.monotonic() + 60
-    while len(list(_submissions(uploader, doc))) < 3:  # the uploader has seen all three
+    while not uploader.step_log(doc).refused:  # the uploader has seen all three: the third after the end
         assert time.monotonic() < deadline, services.logs()
         time.sleep(0.2)
-    assert [s["saga_id"] for s in _submissions(uploader, doc)] == [s.saga_id for s in subs]
     log = uploader.step_log(doc)
+    assert [s["saga_id"] for s in _submissions(uploader, doc)] == [s.saga_id for s in subs[:2]]
+    assert [(m["saga_id"], m["reason"]) for m in log.refused] == [
+        (subs[2].saga_id, "the saga had already ended (DocumentCompleted)")]
     assert [m["event_type"] for m in log.emitted].count("UploadCompleted") == 1
     time.sleep(2)  # were a second saga running, its events would be on their way by now
     assert asyncio.run(terminal_events(stack, doc)) == [DOCUMENT_COMPLETED]

@@ -86,6 +86,21 @@ def test_common_errors_are_one_clear_line(services: Services, run_dir: Path) -> 
     assert missing.returncode == 2 and "no such file" in missing.stderr and "Traceback" not in missing.stderr
     unknown = uds3("saga", "show", "00000000-0000-0000-0000-000000000000")
     assert unknown.returncode == 2 and "unknown document" in unknown.stderr
+    source = text_file(run_dir, "refused.txt", "x")
+    for args, reason in [
+        (("saga", "show", "../../etc"), "document id must be a canonical UUID"),
+        (("saga", "retry", '" || true'), "document id must be a canonical UUID"),
+        (("audit", "consistency", "-d", "doc-1"), "document id must be a canonical UUID"),
+        (("search", "harbour", "--document", "*"), "document id must be a canonical UUID"),
+        (("submit", str(source), "--document-id", "../x"), "document id must be a canonical UUID"),
+        (("submit", str(source), "--security-level", "top-secret"), "security level must be one of"),
+        (("submit", str(source), "--sha256", "abc"), "64 lower-case hex digits"),
+        (("submit", str(source), "--title", "two\nlines"), "title contains control characters"),
+        (("submit", str(source), "--reference", "/etc/passwd"), "reference must be a canonical UUID"),
+    ]:
+        refused = uds3(*args)
+        assert refused.returncode == 2 and reason in refused.stderr, (args, refused.stderr)
+        assert "Traceback" not in refused.stderr
 
 
 def test_stack_down_is_a_clear_error(run_dir: Path, env_applied: dict[str, str]) -> None:
@@ -114,3 +129,22 @@ async def test_async_client_submit_progress_wait_and_subscribe(services: Service
     # Progress travels on its own topic and may trail the terminal event: check it was recorded.
     assert "UploadProgressed" in SagaReader().state(sub.document_id).progress
     assert outcome.event_type == streamed.event_type == "DocumentCompleted"
+
+
+def test_a_file_outside_the_inbox_is_staged_into_it(services: Services, run_dir: Path, tmp_path: Path) -> None:
+    """The services read only the deployment's inbox (the run's folder here): the client copies a
+    file from elsewhere into it, and the saga completes on the copy."""
+    source = text_file(tmp_path, "elsewhere.txt", paragraph(11, 400))
+    assert not source.resolve().is_relative_to(run_dir.resolve())
+    seen: list[tuple[int, int]] = []
+
+    async def submit() -> tuple[str, str]:
+        async with Client() as client:
+            sub = await client.submit(source, title="staged", staged=lambda done, total: seen.append((done, total)))
+            outcome = await asyncio.wait_for(client.wait(sub.document_id, sub.submitted_at_ms), 120)
+        return sub.document_id, outcome.event_type
+
+    doc, outcome = asyncio.run(submit())
+    assert outcome == "DocumentCompleted", services.logs()
+    staged = run_dir / "staged" / doc / "elsewhere.txt"
+    assert staged.read_bytes() == source.read_bytes() and seen[-1] == (source.stat().st_size,) * 2

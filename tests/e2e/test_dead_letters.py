@@ -126,3 +126,4 @@ async def test_poison_messages_are_dead_lettered_and_the_services_keep_going(
 
     missing = await dlq_cli("show", "999999999")
     assert missing.exit_code == 2
+

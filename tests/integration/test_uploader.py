@@ -211,6 +211,14 @@ REFUSALS: dict[str, tuple[Callable[[Path, Path], str], str]] = {
     ),
     "a PNG named .pdf": (
         lambda root, tmp: str(_write(root / "scan.pdf", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(64))),
+        "named .pdf but not a PDF",
+    ),
+    "HTML named .pdf": (
+        lambda root, tmp: str(_write(root / "page.PDF", b"<!doctype html><html><body>login</body></html>\n")),
+        "named .pdf but not a PDF",
+    ),
+    "a PNG named .txt": (
+        lambda root, tmp: str(_write(root / "scan.txt", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(64))),
         "not a PDF or UTF-8 text file",
     ),
     "an executable": (

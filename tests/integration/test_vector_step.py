@@ -305,3 +305,27 @@ def test_the_embedded_servers_address_is_published_while_it_serves_and_withdrawn
     assert not endpoint_file(uri).exists()
     with pytest.raises(TransientError, match="the vector service is not running"):
         VectorIndex(uri, "probe").open()
+
+
+@pytest.mark.parametrize("hostile", ['" || id != "', '") or (document_id != "', "x\" or true or \"y"])
+def test_a_hostile_document_id_never_widens_a_milvus_filter(tmp_path: Path, hostile: str) -> None:
+    """The filter parser takes no parameters, so ids are checked first: a quote and an expression
+    in the id are refused, and no other document's vectors are counted, found or deleted."""
+    from milvus_lite.server_manager import server_manager_instance
+
+    from services.core.validation import InvalidInput
+    from services.vector.adapters import DIM, VectorIndex, chunk_key
+
+    uri = str(tmp_path / "hostile.db")
+    index = VectorIndex(uri, "probe").open(serve=True)
+    try:
+        docs = [str(uuid.uuid4()), str(uuid.uuid4())]
+        index.upsert([{"id": chunk_key(d, i), "document_id": d, "chunk": i, "page": 1, "text": f"chunk {i}",
+                       "vector": [float(i + 1)] + [0.0] * (DIM - 1)} for d in docs for i in range(3)])
+        for act in (index.delete_document, index.count, lambda d: index.search([1.0] + [0.0] * (DIM - 1), 5, d)):
+            with pytest.raises(InvalidInput, match="canonical UUID"):
+                act(hostile)
+        assert index.documents() == {docs[0]: 3, docs[1]: 3}
+    finally:
+        index.close()
+        server_manager_instance.release_server(uri)

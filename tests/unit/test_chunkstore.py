@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from services.core.chunkstore import ChunkRef, ChunkStore
+from services.core.chunkstore import ChunkRef, ChunkStore, OutsideChunkStore
 from services.vector.text import iter_pdf_pages
 from tests.documents import paragraph, pdf_file
 
@@ -50,3 +50,19 @@ def test_delete_removes_every_chunk_and_is_idempotent(tmp_path: Path) -> None:
     assert store.chunk_count("d") == 3
     assert store.delete("d") == 3
     assert store.delete("d") == 0 and store.documents() == []
+
+
+@pytest.mark.parametrize("hostile", ["..", ".", "", "../outside", "a/b", "/tmp", "link-out"])
+def test_no_document_id_reaches_outside_the_store(tmp_path: Path, hostile: str) -> None:
+    """An id that names anything but a folder directly in the store is refused before any read,
+    write or delete: the files beside the store survive."""
+    root, outside = tmp_path / "chunks", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (outside / "keep.chunk").write_bytes(b"not the store's")
+    (root / "link-out").symlink_to(outside)
+    store = ChunkStore(root)
+    for touch in (store.delete, store.chunk_count, store.manifest, lambda d: store.put(d, 0, b"x")):
+        with pytest.raises(OutsideChunkStore):
+            touch(hostile)
+    assert (outside / "keep.chunk").read_bytes() == b"not the store's" and root.is_dir()

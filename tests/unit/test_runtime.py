@@ -213,3 +213,24 @@ def test_a_concurrent_write_to_the_log_is_retried_not_dead_lettered() -> None:
     from services.core.runtime import classify
 
     assert classify(IntegrityError("duplicate key (originator_id, originator_version)")).retriable
+
+
+@pytest.mark.parametrize("ending", ["DocumentCompleted", "DocumentCompensated"])
+def test_an_ended_saga_stays_ended(ending: str) -> None:
+    """A late or forged failure, compensation or forward event after the end changes no store:
+    it is recorded as refused, with the reason, and nothing is undone, redone or emitted."""
+    step = Recording("uploader", "Upload", DOCUMENT_SUBMITTED, [])
+    rt = runtime_for(step)
+    e = submitted()
+    rt.process(e, at(0))
+    rt.process(Event(ending, e.document_id, e.saga_id, {}), at(1))
+    late = [Event(kind, e.document_id, e.saga_id, {"step": "Integrity", "reason": "forged"})
+            for kind in ("IntegrityFailed", "IntegrityCompensated")] + [submitted(e.document_id)]
+    for offset, event in enumerate(late, start=2):
+        assert rt.process(event, at(offset)).action == "refused"
+    log = rt.store.step_log(e.document_id)
+    assert (step.calls, step.undone) == (1, 0) and emitted_types(rt, e.document_id) == ["UploadDone"]
+    assert [m["event_type"] for m in log.refused] == ["IntegrityFailed", "IntegrityCompensated", DOCUMENT_SUBMITTED]
+    assert all(m["reason"] == f"the saga had already ended ({ending})" for m in log.refused)
+    assert rt.process(late[0], at(9)).action == "duplicate"  # a refusal is recorded once, like any input
+
