@@ -25,6 +25,9 @@ STACK_DIR=${UDS3_STACK_DIR:-$REPO_DIR/.stack}
 KAFKA_PORT=${UDS3_KAFKA_PORT:-19092}
 KAFKA_CONTROLLER_PORT=${UDS3_KAFKA_CONTROLLER_PORT:-19093}
 NEO4J_BOLT_PORT=${UDS3_NEO4J_BOLT_PORT:-17687}
+# The local stack's Neo4j password (user neo4j); the same default is in services/core/config.py.
+# Anywhere else, set UDS3_NEO4J_PASSWORD (and UDS3_NEO4J_URI / UDS3_NEO4J_USER) in the environment.
+export UDS3_NEO4J_PASSWORD=${UDS3_NEO4J_PASSWORD:-uds3-local-graph}
 PG_PORT=${UDS3_PG_PORT:-15432}
 UP_TIMEOUT=${UDS3_UP_TIMEOUT:-120}     # seconds to wait for each server to answer
 STOP_TIMEOUT=${UDS3_STOP_TIMEOUT:-60}  # seconds between SIGTERM and SIGKILL
@@ -393,7 +396,7 @@ cmd_up() {
   wait_for Neo4j "$LOGS/neo4j" "$RUN/neo4j.pid" Neo4jLauncher neo4j_answers
   wait_for Kafka "$LOGS/kafka" "$RUN/kafka.pid" kafka.Kafka kafka_answers
   cmd_status
-  log "ready: kafka 127.0.0.1:$KAFKA_PORT  bolt://127.0.0.1:$NEO4J_BOLT_PORT (no auth)  postgresql://uds3:uds3@127.0.0.1:$PG_PORT/uds3"
+  log "ready: kafka 127.0.0.1:$KAFKA_PORT  bolt://neo4j@127.0.0.1:$NEO4J_BOLT_PORT  postgresql://uds3:uds3@127.0.0.1:$PG_PORT/uds3"
 }
 
 cmd_down() {

@@ -21,7 +21,9 @@ import org.neo4j.logging.log4j.Log4jLogProvider;
  *   java -cp classes:jars/* Neo4jLauncher HOME_DIR LOGS_DIR BOLT_PORT READY_FILE
  *
  * - HOME_DIR holds data/ (databases + transaction logs), so data survives restarts.
- * - Auth is DISABLED and Bolt is plain-text on 127.0.0.1 only: local use, never exposed.
+ * - Authentication is on: user neo4j, whose password is set at every start from the
+ *   environment (UDS3_NEO4J_PASSWORD; stack.sh passes the local stack's). Bolt is plain-text
+ *   on 127.0.0.1 only: local use, never exposed.
  * - READY_FILE is written once the default database answers a query, and removed on
  *   shutdown; stack.sh uses it (plus a Bolt handshake) as the readiness signal.
  * - SIGTERM runs the shutdown hook, which shuts the DBMS down cleanly (checkpoint).
@@ -38,11 +40,16 @@ public final class Neo4jLauncher {
         int port = Integer.parseInt(args[2]);
         Path ready = Path.of(args[3]).toAbsolutePath();
         long pagecache = Long.getLong("uds3.neo4j.pagecache", 256L * 1024 * 1024);
+        String password = System.getenv("UDS3_NEO4J_PASSWORD");
+        if (password == null || password.length() < 8) {
+            System.err.println("Neo4jLauncher: set UDS3_NEO4J_PASSWORD (at least 8 characters)");
+            System.exit(2);
+        }
         Files.deleteIfExists(ready);
 
         DatabaseManagementService dbms = new DatabaseManagementServiceBuilder(home)
                 .setConfig(GraphDatabaseSettings.logs_directory, logs)
-                .setConfig(GraphDatabaseSettings.auth_enabled, false)
+                .setConfig(GraphDatabaseSettings.auth_enabled, true)
                 .setConfig(GraphDatabaseSettings.pagecache_memory, pagecache)
                 .setConfig(GraphDatabaseSettings.udc_enabled, false) // no usage reports
                 .setConfig(BoltConnector.enabled, true)
@@ -73,6 +80,15 @@ public final class Neo4jLauncher {
         if (!db.isAvailable(TimeUnit.MINUTES.toMillis(2))) {
             System.err.println("Neo4jLauncher: default database not available after 2 minutes");
             System.exit(1);
+        }
+        try {  // the embedded API is not subject to auth: it sets the password Bolt clients must give
+            dbms.database(GraphDatabaseSettings.SYSTEM_DATABASE_NAME).executeTransactionally(
+                    "ALTER USER neo4j SET PASSWORD $password CHANGE NOT REQUIRED",
+                    java.util.Map.of("password", password));
+        } catch (RuntimeException e) {
+            if (!String.valueOf(e.getMessage()).contains("cannot be the same")) {
+                throw e;  // anything but "already this password"
+            }
         }
         String components = db.executeTransactionally(
                 "CALL dbms.components() YIELD name, versions, edition "

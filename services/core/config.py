@@ -48,8 +48,9 @@ class Settings:
     neo4j_uri: str = field(
         default_factory=lambda: _env("UDS3_NEO4J_URI", f"bolt://127.0.0.1:{_env('UDS3_NEO4J_BOLT_PORT', '17687')}")
     )
-    neo4j_user: str = field(default_factory=lambda: _env("UDS3_NEO4J_USER", ""))
-    neo4j_password: str = field(default_factory=lambda: _env("UDS3_NEO4J_PASSWORD", ""))
+    # The defaults are the local stack's (infra/stack.sh); a deployment sets its own in the environment.
+    neo4j_user: str = field(default_factory=lambda: _env("UDS3_NEO4J_USER", "neo4j"))
+    neo4j_password: str = field(default_factory=lambda: _env("UDS3_NEO4J_PASSWORD", "uds3-local-graph"))
     milvus_uri: str = field(
         default_factory=lambda: _env("UDS3_MILVUS_URI", str(_stack_dir() / "data" / "milvus" / "vectors.db"))
     )

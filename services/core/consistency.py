@@ -218,8 +218,7 @@ def gather(settings: Settings | None = None, documents: Iterable[str] | None = N
     finally:
         index.close()
 
-    auth = (s.neo4j_user, s.neo4j_password) if s.neo4j_user else None
-    with GraphDatabase.driver(s.neo4j_uri, auth=auth) as driver:
+    with GraphDatabase.driver(s.neo4j_uri, auth=(s.neo4j_user, s.neo4j_password)) as driver:
         query = "MATCH (d:Document) WHERE NOT coalesce(d.placeholder, false)"
         query += " AND d.id IN $ids" if scope is not None else ""
         records = driver.execute_query(query + " RETURN d.id AS id, d.sha256 AS sha", ids=scope or []).records

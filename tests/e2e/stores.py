@@ -46,8 +46,7 @@ def vector_count(document_id: str, s: Settings, attempts: int = 5) -> int:
 def footprint(document_id: str, settings: Settings | None = None) -> Footprint:
     s = settings or Settings()
     vectors = vector_count(document_id, s)
-    auth = (s.neo4j_user, s.neo4j_password) if s.neo4j_user else None
-    with GraphDatabase.driver(s.neo4j_uri, auth=auth) as driver:
+    with GraphDatabase.driver(s.neo4j_uri, auth=(s.neo4j_user, s.neo4j_password)) as driver:
         nodes = driver.execute_query(
             "MATCH (d:Document {id: $id}) WHERE NOT coalesce(d.placeholder, false) RETURN count(d) AS n", id=document_id
         ).records[0]["n"]

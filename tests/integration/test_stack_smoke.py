@@ -12,6 +12,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from neo4j import AsyncGraphDatabase
+from neo4j.exceptions import AuthError
 from pymilvus import MilvusClient
 
 from services.core.config import Settings
@@ -122,9 +123,16 @@ def test_postgres_round_trip(stack: Settings) -> None:
     assert row == ("x",)
 
 
+async def test_neo4j_refuses_a_client_without_the_password(stack: Settings) -> None:
+    for auth in (None, (stack.neo4j_user, "not-the-password")):
+        async with AsyncGraphDatabase.driver(stack.neo4j_uri, auth=auth) as driver:
+            with pytest.raises(AuthError):
+                await driver.execute_query("RETURN 1")
+
+
 async def test_neo4j_async_driver_writes_and_reads_a_node(stack: Settings) -> None:
     marker = uuid.uuid4().hex
-    async with AsyncGraphDatabase.driver(stack.neo4j_uri, auth=None) as driver:
+    async with AsyncGraphDatabase.driver(stack.neo4j_uri, auth=(stack.neo4j_user, stack.neo4j_password)) as driver:
         components = await driver.execute_query("CALL dbms.components() YIELD name, versions, edition "
                                                 "RETURN name, versions[0] AS v, edition")
         await driver.execute_query("CREATE (:Smoke {marker: $m})", m=marker)
