@@ -59,7 +59,7 @@ e2e: up model
 	.venv/bin/pytest tests/e2e -q
 
 test: lint up model emulator
-	.venv/bin/pytest -q -m "not slow" --durations=8
+	.venv/bin/pytest -q --durations=8
 
 demo: up model
 	$(PY) -m services.demo

@@ -29,11 +29,12 @@ from services.core.events import (
     NAMESPACE,
     STEP_SERVICE,
     STEPS,
+    SUCCESS_EVENT,
     Event,
     compensated,
     failed,
 )
-from services.core.runtime import REDRIVE_PRODUCER
+from services.core.runtime import REDRIVE_PRODUCER, REPAIR_PRODUCER
 from services.core.validation import InvalidInput, uuid_id
 
 audit_app = typer.Typer(help="Audit trail and consistency checks.", no_args_is_help=True)
@@ -104,6 +105,91 @@ def audit_consistency(
             out.print(f"[red]{len(report.violations)} violation(s)[/red]")
     if not report.ok:
         raise typer.Exit(1)
+
+
+# The step that writes each store a repair can rebuild from the chunk store and the event store
+# (the chunks themselves come from the source file, which may be gone: not repaired).
+REPAIRABLE = {"security": "Security", "vectors": "Vectors", "graph": "Graph", "relational": "Relational"}
+
+
+def plan_repair(state: Any, stores: Sequence[str]) -> list[Event]:
+    """What `audit repair` publishes for a completed saga whose `stores` disagree with it; pure.
+    For each repairable store, the input of the step that writes it (the previous step's success
+    event) again, with a new id and the repair producer: that step alone redoes its work."""
+    if state.status != "Completed":
+        raise CannotRedrive(f"{state.status}: only a completed document is repaired")
+    from services.core.steplog import event_of
+
+    events = []
+    for store in sorted({s for s in stores if s in REPAIRABLE}, key=lambda s: STEPS.index(REPAIRABLE[s])):
+        trigger = SUCCESS_EVENT[STEPS[STEPS.index(REPAIRABLE[store]) - 1]]
+        recorded = [m for m in state.history if m["event_type"] == trigger]
+        if not recorded:
+            raise CannotRedrive(f"{trigger}, the input that rebuilds {store}, is not in the event store")
+        cause = event_of(recorded[-1])
+        events.append(replace(cause, event_id=str(uuid.uuid4()), causation_id=cause.event_id,
+                              producer=REPAIR_PRODUCER, occurred_at=datetime.now(UTC)))
+    return events
+
+
+@audit_app.command("repair")
+def audit_repair(
+    document: list[str] = typer.Option([], "--document", "-d", help="only these documents (repeatable)"),
+    timeout: float = typer.Option(600, help="seconds to wait for the repairs to show in the audit"),
+) -> None:
+    """Rebuild what completed documents lost in the vector, graph, relational or security store.
+
+    Runs the consistency audit; for each completed document that a store disagrees with, the
+    step that writes that store redoes its work from the chunk store and the event store
+    (idempotent upserts; the services must be running); then audits again until it is clean.
+    """
+    import time
+
+    from services.core.consistency import audit
+    from services.core.saga import SagaReader
+
+    try:
+        docs = [uuid_id("document id", d) for d in document] or None
+    except InvalidInput as e:
+        raise _fail(str(e)) from None
+    settings = Settings()
+    report = audit(settings, docs)
+    broken: dict[str, set[str]] = {}
+    for v in report.violations:
+        broken.setdefault(v.document_id, set()).update(v.stores)
+    reader, repairs = SagaReader(settings), []
+    for doc, stores in sorted(broken.items()):
+        unrepairable = sorted(stores - set(REPAIRABLE))
+        if unrepairable:
+            out.print(f"[yellow]{doc}[/yellow]: cannot repair {', '.join(unrepairable)} (see `uds3 audit consistency`)")
+        try:
+            events = plan_repair(reader.state(doc), sorted(stores & set(REPAIRABLE)))
+        except CannotRedrive as e:
+            out.print(f"[yellow]{doc}[/yellow]: {e}")
+            continue
+        for event in events:
+            asyncio.run(_publish(settings, event))
+            out.print(f"{doc}: {event.event_type} re-driven to rebuild {STEP_SERVICE[_step_of(event)]}'s store")
+        repairs += [doc] if events else []
+    if not repairs:
+        out.print("nothing to repair" if report.ok else "[red]nothing that can be repaired[/red]")
+        raise typer.Exit(0 if report.ok else 1)
+    deadline = time.monotonic() + timeout
+    after = audit(settings, repairs)
+    while any(set(v.stores) & set(REPAIRABLE) for v in after.violations) and time.monotonic() < deadline:
+        time.sleep(2)
+        after = audit(settings, repairs)
+    for v in after.violations:
+        out.print(f"[red]{v.kind}[/red] {v.document_id}: {v.detail}")
+    if not after.ok:
+        raise typer.Exit(1)
+    out.print(f"[green]repaired {len(repairs)} document(s): consistent[/green]")
+
+
+def _step_of(event: Event) -> str:
+    """The step a re-driven input is for: the one after the step whose success it is."""
+    done = next(s for s, e in SUCCESS_EVENT.items() if e == event.event_type)
+    return STEPS[STEPS.index(done) + 1]
 
 
 # --- dead letters ---------------------------------------------------------------------------

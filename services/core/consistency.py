@@ -85,6 +85,7 @@ class Violation:
     document_id: str
     kind: str  # missing, mismatch, leftover, orphan
     detail: str
+    stores: tuple[str, ...] = ()  # of a completed document: the stores that disagree (what a repair redoes)
 
     def __str__(self) -> str:
         return f"{self.document_id} {self.kind}: {self.detail}"
@@ -141,23 +142,26 @@ def _check_completed(doc: str, saga: SagaFacts, held: Mapping[str, Held]) -> lis
     required = [s for s in STORES if not (s == "vectors" and expect_vectors == 0)]
     missing = [s for s in required if s not in held]
     if missing:
-        out.append(Violation(doc, "missing", f"completed, but nothing in {', '.join(missing)}"))
+        out.append(Violation(doc, "missing", f"completed, but nothing in {', '.join(missing)}", tuple(missing)))
     chunks = held.get("chunks")
     if chunks and saga.upload_chunks is not None and chunks.count != saga.upload_chunks:
         recorded = saga.upload_chunks
-        out.append(Violation(doc, "mismatch", f"{chunks.count} stored chunks, the upload recorded {recorded}"))
+        out.append(Violation(doc, "mismatch", f"{chunks.count} stored chunks, the upload recorded {recorded}",
+                             ("chunks",)))
     vectors = held.get("vectors")
     count = vectors.count if vectors else 0
     if expect_vectors is not None and count != expect_vectors and "vectors" not in missing:
-        out.append(Violation(doc, "mismatch", f"vector count {count} != chunk_count {expect_vectors}"))
+        out.append(Violation(doc, "mismatch", f"vector count {count} != chunk_count {expect_vectors}", ("vectors",)))
     row = held.get("relational")
     if row and expect_vectors is not None and row.count != expect_vectors:
-        out.append(Violation(doc, "mismatch", f"relational chunk_count {row.count} != {expect_vectors}"))
+        out.append(Violation(doc, "mismatch", f"relational chunk_count {row.count} != {expect_vectors}",
+                             ("relational",)))
     if saga.content_sha256:
         for store, h in held.items():
             if h.sha256 is not None and h.sha256.lower() != saga.content_sha256.lower():
                 out.append(Violation(
-                    doc, "mismatch", f"{store} names content {h.sha256[:12]}, the saga {saga.content_sha256[:12]}"))
+                    doc, "mismatch", f"{store} names content {h.sha256[:12]}, the saga {saga.content_sha256[:12]}",
+                    (store,)))
     return out
 
 

@@ -26,7 +26,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
@@ -41,6 +41,7 @@ from services.core.events import (
     COMPENSATION_FAILED,
     DEAD_LETTER,
     DOCUMENT_COMPENSATED,
+    DOCUMENT_COMPLETED,
     STEPS,
     Event,
     compensated,
@@ -77,6 +78,16 @@ def classify(exc: BaseException) -> StepError:
 # The producer of an event an operator re-drives from the CLI (`uds3 saga retry/compensate`):
 # the one input that may restart an undo after CompensationFailed.
 REDRIVE_PRODUCER = "operator"
+# The producer of a step's input an operator re-drives to rebuild a completed document's data
+# in that step's store (`uds3 audit repair`): only the step that reacts to it acts.
+REPAIR_PRODUCER = "operator-repair"
+
+
+def _topic_names(event_type: str) -> set[str]:
+    try:
+        return {t.name for t in topics.topics_for(event_type)}
+    except KeyError:
+        return set()
 
 
 class ObserveFailed(Exception):
@@ -246,6 +257,8 @@ class Runtime:
             validation.check_event(event)
             if message.key != event.document_id.encode():  # its partition, and so its order (G6)
                 raise validation.InvalidInput(f"key {message.key!r} is not its document id")
+            if message.topic not in _topic_names(event.event_type):  # defence in depth: a type has its topics
+                raise validation.InvalidInput(f"{event.event_type} does not travel on {message.topic}")
         except validation.InvalidInput as e:
             await self.dead_letter(message, f"invalid {event.event_type}: {e}", producer)
             return True
@@ -297,6 +310,9 @@ class Runtime:
         forward = event.event_type in step.reacts_to
         undo = step.next_step is not None and event.event_type in (failed(step.next_step), compensated(step.next_step))
         remembers = step.remembers | ENDINGS  # every step knows when its document's saga has ended
+        repair = event.producer == REPAIR_PRODUCER
+        if repair:  # not an input of the saga: nobody keeps it, only the step it is for acts on it
+            remembers, undo = frozenset(), False
         if not (forward or undo or event.event_type in remembers | step.observes):
             return Outcome("ignored")
         if not (forward or undo or event.event_type in remembers):
@@ -317,12 +333,19 @@ class Runtime:
             # An ended saga stays ended: a late (or forged) failure, compensation or forward event
             # would make this step undo or redo its work under a Completed or Compensated saga.
             ended = log.ended() if forward or undo else None
+            if repair and forward and not ended:
+                ended = "running"  # a repair never joins a saga in flight: refused below
             if event.event_type in remembers and not ended and not log.knows(event.event_id):
                 log.receive(message_of(event))
             try:
                 if event.event_type in step.observes:
                     step.observe(event, self.ctx)
-                if ended:
+                if repair and forward and ended == DOCUMENT_COMPLETED and event.causation_id in log.processed:
+                    self._repair(event, log)
+                elif repair and forward:
+                    log.refuse({**message_of(event), "reason": "a repair names an input this step handled, "
+                                                               "of a completed saga"})
+                elif ended:
                     log.refuse({**message_of(event), "reason": f"the saga had already ended ({ended})"})
                 elif forward:
                     self._forward(event, log)
@@ -332,7 +355,8 @@ class Runtime:
                 raise
             except Exception as raw:
                 err = classify(raw)
-                if ended or not (forward or undo):  # only observing failed: never undo for it
+                repairing = repair and ended == DOCUMENT_COMPLETED
+                if (ended and not repairing) or not (forward or undo):  # only observing failed: never undo
                     raise ObserveFailed(str(err)) from raw
                 if err.retriable and time.monotonic() < deadline:
                     attempt += 1
@@ -347,6 +371,8 @@ class Runtime:
                     )
                     time.sleep(delay)
                     continue
+                if repairing:  # a completed saga is never compensated for a failed repair
+                    raise ObserveFailed(f"repair failed: {err}") from raw
                 log = self.store.step_log(event.document_id)  # drop the failed attempt's pending events
                 if event.event_type in remembers and not log.knows(event.event_id):
                     log.receive(message_of(event))
@@ -354,8 +380,23 @@ class Runtime:
             if forward or undo or event.event_type in remembers:
                 log.mark_processed(event.event_id)  # observe-only inputs are idempotent by themselves
             recorded = self.store.record(log, tracking)
-            action = ("refused" if ended else "handled") if recorded else "redelivered"
+            done = ("repaired" if log.repaired and log.repaired[-1]["event_id"] == event.event_id else "refused"
+                    ) if repair else ("refused" if ended else "handled")
+            action = done if recorded else "redelivered"
             return Outcome(action, len(log.emitted) - before)
+
+    def _repair(self, event: Event, log: StepLog) -> None:
+        """The step's forward work again for a completed document whose data a store lost: on a
+        scratch copy of its inputs, so its idempotency guards and checkpoints start from nothing
+        (its writes are upserts by deterministic ids). What it emits goes nowhere: the saga has
+        ended. The repair is recorded in the step's log. The input is the step's own copy where it
+        kept one: a repair event chooses what is redone, never what is written."""
+        scratch = StepLog(self.step.service, log.document_id)
+        for m in log.received:
+            scratch.receive(m)
+        trigger = log.last_received(event.event_type) or event
+        self.step.handle(trigger, scratch, replace(self.ctx, checkpoint=lambda _log: None))
+        log.record_repair({**message_of(event), "emitted": [m["event_type"] for m in scratch.emitted]})
 
     def _forward(self, event: Event, log: StepLog) -> None:
         sub = log.submission()

@@ -68,6 +68,7 @@ class StepLog(Aggregate):
         self.emitted: list[dict[str, Any]] = []
         self.processed: list[str] = []
         self.refused: list[dict[str, Any]] = []
+        self.repaired: list[dict[str, Any]] = []
 
     @event("Received")
     def receive(self, message: dict[str, Any]) -> None:
@@ -89,6 +90,11 @@ class StepLog(Aggregate):
     def refuse(self, message: dict[str, Any]) -> None:
         """An input not acted on (the saga had ended), kept with the reason."""
         self.refused.append(message)
+
+    @event("Repaired")
+    def record_repair(self, message: dict[str, Any]) -> None:
+        """An operator's repair ran this step's forward work again (`uds3 audit repair`)."""
+        self.repaired.append(message)
 
     # --- queries (pure) --------------------------------------------------------------------
     def emit_event(self, e: Event) -> None:

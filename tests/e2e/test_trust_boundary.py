@@ -64,6 +64,9 @@ async def test_events_that_break_a_rule_are_dead_lettered_and_touch_nothing(
                                       "security level must be one of"),
         "a key that is not its document id": (victim, _submission(str(uuid.uuid4()), source),
                                               "is not its document id"),
+        "a progress event on the events topic": (None, Event("UploadProgressed", victim, str(uuid.uuid4()), {
+            "bytes_done": 1, "bytes_total": 1, "percent": 100.0, "bytes_per_second": 1.0, "eta_seconds": None}),
+            "UploadProgressed does not travel on"),
     }
     origins = {}
     for case, (key, event, _) in forged.items():

@@ -95,9 +95,16 @@ def test_security_role_reads_and_appends(connect) -> None:
 
 def test_relational_role_upserts_and_deletes(connect) -> None:
     conn = connect("relational")
+    upsert = ("INSERT INTO relational.documents (document_id, saga_id, content_type, source_uri, size_bytes, "
+              "page_count, chunk_count, content_sha256, security_level, status, submitted_at) "
+              f"VALUES ('lp', 's', 'text/plain', 'file:///x', 1, 0, %s, '{'0' * 64}', 'internal', 'Completed', now()) "
+              "ON CONFLICT (document_id) DO UPDATE SET chunk_count = EXCLUDED.chunk_count")
     with conn.transaction(force_rollback=True):
-        conn.execute("DELETE FROM relational.documents WHERE document_id = 'lp'")
-        conn.execute("SELECT count(*) FROM relational.documents")
+        conn.execute(upsert, (1,))
+        conn.execute(upsert, (2,))  # the same row again: updated, not duplicated
+        rows = conn.execute("SELECT chunk_count FROM relational.documents WHERE document_id = 'lp'").fetchall()
+        deleted = conn.execute("DELETE FROM relational.documents WHERE document_id = 'lp'").rowcount
+    assert rows == [(2,)] and deleted == 1
 
 
 def test_a_database_serves_one_topic_prefix(settings: Settings, connect) -> None:

@@ -10,7 +10,7 @@ from eventsourcing.persistence import Tracking
 from services.core.config import Settings
 from services.core.errors import PermanentError, TransientError
 from services.core.events import DOCUMENT_SUBMITTED, Event
-from services.core.runtime import Runtime
+from services.core.runtime import REPAIR_PRODUCER, Runtime
 from services.core.step import Context, Step, Undone
 from services.core.steplog import StepLog
 from services.core.store import OUTBOX, StepStore
@@ -234,3 +234,33 @@ def test_an_ended_saga_stays_ended(ending: str) -> None:
     assert all(m["reason"] == f"the saga had already ended ({ending})" for m in log.refused)
     assert rt.process(late[0], at(9)).action == "duplicate"  # a refusal is recorded once, like any input
 
+
+
+def test_a_repair_redoes_a_completed_documents_forward_work_and_emits_nothing() -> None:
+    """`uds3 audit repair`: the step's input again, from the operator, after the saga completed.
+    The step works from scratch (its own log says it is done), nothing is published, the
+    repair is recorded; other steps and other ends ignore or refuse it."""
+    step = Recording("vector", "Vectors", "SecurityRecorded", [])
+    rt = runtime_for(step)
+    e = submitted()
+    trigger = Event("SecurityRecorded", e.document_id, e.saga_id, {"identity": "x"})
+    rt.process(e, at(0))
+    rt.process(trigger, at(1))
+    rt.process(Event("DocumentCompleted", e.document_id, e.saga_id, {}), at(2))
+    repair = Event("SecurityRecorded", e.document_id, e.saga_id, {"identity": "x"}, producer=REPAIR_PRODUCER,
+                   causation_id=trigger.event_id)
+    assert rt.process(repair, at(3)).action == "repaired"
+    log = rt.store.step_log(e.document_id)
+    assert step.calls == 2 and emitted_types(rt, e.document_id) == ["VectorsDone"]
+    assert [(m["event_id"], m["emitted"]) for m in log.repaired] == [(repair.event_id, ["VectorsDone"])]
+    assert rt.process(repair, at(4)).action == "duplicate"
+    stray = Event("SecurityRecorded", e.document_id, e.saga_id, {}, producer=REPAIR_PRODUCER,
+                  causation_id=str(uuid.uuid4()))  # names no input this step handled
+    assert rt.process(stray, at(5)).action == "refused" and step.calls == 2
+
+    other = runtime_for(Recording("graph", "Graph", "VectorsIndexed", []))
+    assert other.process(repair, at(0)).action == "ignored"
+    compensated = runtime_for(step)
+    compensated.process(e, at(0))
+    compensated.process(Event("DocumentCompensated", e.document_id, e.saga_id, {}), at(1))
+    assert compensated.process(repair, at(2)).action == "refused" and step.calls == 2

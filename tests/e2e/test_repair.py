@@ -1,0 +1,73 @@
+"""`uds3 audit repair`: a completed document that a store lost (an operator error, a restore from
+an old backup) is rebuilt from the chunk store and the event store, and the audit is clean."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from services.core.config import Settings
+from services.core.consistency import audit
+from services.core.saga import SagaReader
+from services.core.store import StepStore
+from services.graph.adapters import GraphStore
+from services.vector.adapters import VectorIndex
+from tests.e2e.conftest import Services
+from tests.e2e.test_bad_input import stored, terminal_events
+from tests.e2e.test_cli import uds3
+from tests.e2e.test_trust_boundary import completed
+
+pytestmark = pytest.mark.stack
+
+
+def wipe_vectors(doc: str, s: Settings) -> None:
+    """Through the vector service's milvus-lite server (a fresh connection is now and then refused)."""
+    for attempt in range(5):
+        try:
+            index = VectorIndex(s.milvus_uri, s.milvus_collection).open()
+            try:
+                index.delete_document(doc)
+                return
+            finally:
+                index.close()
+        except Exception:
+            if attempt == 4:
+                raise
+            time.sleep(1)
+
+
+def test_a_document_that_lost_its_vectors_and_its_graph_is_repaired(
+    services: Services, stack: Settings, run_dir: Path
+) -> None:
+    folder = run_dir / "repair"
+    folder.mkdir()
+    doc, untouched = (asyncio.run(completed(folder, name)) for name in ("lost.txt", "untouched.txt"))
+    before, other = stored(doc), stored(untouched)
+    wipe_vectors(doc, stack)
+    graph = GraphStore(stack.neo4j_uri, stack.neo4j_user, stack.neo4j_password)
+    graph.open()
+    try:
+        graph.remove(doc)
+    finally:
+        graph.close()
+    lost = stored(doc)
+    assert (lost.vectors, lost.graph_nodes) == (0, 0)
+    assert {s for v in audit(stack, [doc]).violations for s in v.stores} == {"vectors", "graph"}
+
+    repaired = uds3("audit", "repair", "-d", doc, timeout=300)
+    assert repaired.returncode == 0, (repaired.stdout, repaired.stderr, services.logs())
+    assert "consistent" in repaired.stdout
+    assert stored(doc) == before and stored(untouched) == other
+    assert audit(stack, [doc, untouched]).ok
+    # The saga did not move: still Completed, announced once; each repair is in its step's log.
+    assert asyncio.run(terminal_events(stack, doc)) == ["DocumentCompleted"]
+    assert SagaReader().state(doc).status == "Completed"
+    for service, emitted in (("vector", "VectorsIndexed"), ("graph", "GraphLinked")):
+        log = StepStore(service, stack, admin=True).step_log(doc)
+        assert [m["emitted"][-1] for m in log.repaired] == [emitted]  # published nowhere
+
+    again = uds3("audit", "repair", "-d", doc)
+    assert again.returncode == 0 and "nothing to repair" in again.stdout
