@@ -90,6 +90,19 @@ def _topic_names(event_type: str) -> set[str]:
         return set()
 
 
+def _refusal(event: Event, log: StepLog, repair: bool) -> str | None:
+    """Why this step must not act on a forward or undo input, if it must not (pure). An ended
+    saga stays ended: a late (or forged) failure, compensation or forward event would make the
+    step undo or redo its work under a Completed or Compensated saga. A repair is the one input
+    after the end, and only of a completed saga, naming an input this step handled."""
+    ended = log.ended()
+    if repair:
+        if ended == DOCUMENT_COMPLETED and event.causation_id in log.processed:
+            return None
+        return "a repair names an input this step handled, of a completed saga"
+    return f"the saga had already ended ({ended})" if ended else None
+
+
 class ObserveFailed(Exception):
     """Taking note of an event failed for good: the event goes to the dead-letter topic."""
 
@@ -330,23 +343,16 @@ class Runtime:
                 recorded = self.store.record(log, tracking)
                 return Outcome("duplicate" if recorded else "redelivered")
             before = len(log.emitted)
-            # An ended saga stays ended: a late (or forged) failure, compensation or forward event
-            # would make this step undo or redo its work under a Completed or Compensated saga.
-            ended = log.ended() if forward or undo else None
-            if repair and forward and not ended:
-                ended = "running"  # a repair never joins a saga in flight: refused below
-            if event.event_type in remembers and not ended and not log.knows(event.event_id):
+            refusal = _refusal(event, log, repair) if forward or undo else None
+            if event.event_type in remembers and not refusal and not log.knows(event.event_id):
                 log.receive(message_of(event))
             try:
                 if event.event_type in step.observes:
                     step.observe(event, self.ctx)
-                if repair and forward and ended == DOCUMENT_COMPLETED and event.causation_id in log.processed:
+                if refusal:
+                    log.refuse({**message_of(event), "reason": refusal})
+                elif repair:
                     self._repair(event, log)
-                elif repair and forward:
-                    log.refuse({**message_of(event), "reason": "a repair names an input this step handled, "
-                                                               "of a completed saga"})
-                elif ended:
-                    log.refuse({**message_of(event), "reason": f"the saga had already ended ({ended})"})
                 elif forward:
                     self._forward(event, log)
                 elif undo:
@@ -355,8 +361,7 @@ class Runtime:
                 raise
             except Exception as raw:
                 err = classify(raw)
-                repairing = repair and ended == DOCUMENT_COMPLETED
-                if (ended and not repairing) or not (forward or undo):  # only observing failed: never undo
+                if refusal or not (forward or undo):  # only observing failed: never undo for it
                     raise ObserveFailed(str(err)) from raw
                 if err.retriable and time.monotonic() < deadline:
                     attempt += 1
@@ -371,7 +376,7 @@ class Runtime:
                     )
                     time.sleep(delay)
                     continue
-                if repairing:  # a completed saga is never compensated for a failed repair
+                if repair:  # a completed saga is never compensated for a failed repair
                     raise ObserveFailed(f"repair failed: {err}") from raw
                 log = self.store.step_log(event.document_id)  # drop the failed attempt's pending events
                 if event.event_type in remembers and not log.knows(event.event_id):
@@ -380,8 +385,7 @@ class Runtime:
             if forward or undo or event.event_type in remembers:
                 log.mark_processed(event.event_id)  # observe-only inputs are idempotent by themselves
             recorded = self.store.record(log, tracking)
-            done = ("repaired" if log.repaired and log.repaired[-1]["event_id"] == event.event_id else "refused"
-                    ) if repair else ("refused" if ended else "handled")
+            done = "refused" if refusal else "repaired" if repair else "handled"
             action = done if recorded else "redelivered"
             return Outcome(action, len(log.emitted) - before)
 
