@@ -7,7 +7,7 @@ VENV_STAMP := .venv/.installed
 # Debian's qemu-user: tests and bench also run the int8 model on an emulated CPU without VNNI.
 EMULATOR := /usr/bin/qemu-x86_64
 
-.PHONY: venv model emulator up down status provision services-up services-down test unit integration e2e lint demo bench chaos clean
+.PHONY: venv model emulator up down status provision services-up services-down test unit integration e2e security lint demo bench chaos clean
 
 venv: $(VENV_STAMP)
 $(VENV_STAMP): requirements.lock requirements-model.txt pyproject.toml
@@ -57,6 +57,9 @@ integration: up model emulator
 
 e2e: up model
 	.venv/bin/pytest tests/e2e -q
+
+security: up model
+	.venv/bin/pytest tests/security -q
 
 test: lint up model emulator
 	.venv/bin/pytest -q --durations=8

@@ -19,7 +19,7 @@ from eventsourcing.persistence import Tracking
 
 from services.core import topics
 from services.core.config import Settings
-from services.core.events import DOCUMENT_SUBMITTED, TERMINAL_EVENTS, Event
+from services.core.events import DOCUMENT_SUBMITTED, PROGRESS_EVENTS, TERMINAL_EVENTS, Event
 from services.core.runtime import Runtime
 from services.core.step import Step
 from services.core.steplog import StepLog, event_of
@@ -40,7 +40,7 @@ class InProcess:
         assert event_store in ("postgres", "memory")
         self.settings, self.event_store = settings, event_store
         self.runtimes: list[Runtime] = []
-        self.position = f"inproc:{topics.EVENTS.name}:0"
+        self.position = f"inproc:{topics.PREFIX}.saga:0"
         self.offsets = itertools.count(1)
 
     def __enter__(self) -> InProcess:
@@ -73,7 +73,7 @@ class InProcess:
             event = pending.popleft()
             if event.event_type in TERMINAL_EVENTS:
                 terminal = event
-            if topics.EVENTS not in topics.topics_for(event.event_type):
+            if event.event_type in PROGRESS_EVENTS:
                 continue  # progress events: no service consumes them
             for rt in self.runtimes:
                 rt.process(event, Tracking(self.position, next(self.offsets)))

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 
-from services.core import topics
+from services.core import access, topics
 from services.core.config import Settings
 from services.core.provision import create_database, drop_database
 
 
 async def create_topics(settings: Settings) -> None:
-    await topics.ensure_topics(settings.kafka_bootstrap)
+    await access.provision_kafka(settings)
 
 
 def create(settings: Settings) -> None:
@@ -26,7 +26,7 @@ def create(settings: Settings) -> None:
 
 def remove(settings: Settings) -> None:
     """Deletes this run's topics and drops its database; one failing does not stop the other."""
-    for what, undo in (("topics", lambda: asyncio.run(topics.delete_topics(settings.kafka_bootstrap))),
+    for what, undo in (("topics", lambda: asyncio.run(topics.delete_topics(settings))),
                        ("database", lambda: drop_database(settings))):
         try:
             undo()

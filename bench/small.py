@@ -76,7 +76,8 @@ def through_services(r: Run, n: int) -> tuple[Phase, Phase]:
         rate = _throughput(burst)
         steady = ingest_sync(paths, timeout=120 + n / (rate / 2), rate=rate / 2, running=running)
     doc = next(iter(burst.done))
-    events = sum(1 for seen in burst.tap.seen[doc] if seen.topic == topics.EVENTS.name)
+    saga_topics = {t.name for t in topics.SAGA_TOPICS}
+    events = sum(1 for seen in burst.tap.seen[doc] if seen.topic in saga_topics)
     return (
         Phase("6 processes, all at once", rate, _latencies(burst), burst_cpu, _stages(burst), _reached(burst), events),
         Phase(f"6 processes, steady {rate / 2:.1f}/s", rate / 2, _latencies(steady), {}, _stages(steady)),

@@ -37,13 +37,13 @@ class Tap:
 
     async def __aenter__(self) -> Tap:
         self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap,
+            **self.settings.kafka("admin"),
             enable_auto_commit=False,
             isolation_level="read_committed",
             fetch_max_wait_ms=20,
         )
         await self.consumer.start()
-        parts = [TopicPartition(t.name, p) for t in (topics.EVENTS, topics.PROGRESS, topics.COMPLETIONS)
+        parts = [TopicPartition(t.name, p) for t in (*topics.SAGA_TOPICS, *topics.PROGRESS_TOPICS, topics.COMPLETIONS)
                  for p in range(t.partitions)]
         self.consumer.assign(parts)
         await self.consumer.seek_to_end(*parts)

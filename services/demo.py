@@ -20,7 +20,7 @@ from PIL import Image
 
 from services.cli.main import follow, show_terminal
 from services.client import Client
-from services.core import topics
+from services.core import access
 from services.core.config import Settings
 from services.processes import running_detached, start_all, stop_all
 
@@ -63,7 +63,7 @@ def generate(path: Path, text_pages: int, scan_pages: int, seed: int = 7) -> Pat
 
 
 async def ingest(path: Path, size: int) -> tuple[int, str]:
-    await topics.ensure_topics(Settings().kafka_bootstrap)
+    await access.provision_kafka(Settings())  # idempotent: `make up` did it
     async with Client() as client:
         sub = await client.submit(path, title="Land registry case files 1920-1925", author="Records Office",
                                   organisation="Ministry of Lands", case_number="LR-1921-017",

@@ -15,10 +15,14 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from services.core.config import REPO_ROOT, Settings, isolated_env
+
+if TYPE_CHECKING:
+    from tests.running import Services
 
 RUN_ID = f"t{uuid.uuid4().hex[:8]}"
 RUN_DIR = Path(tempfile.mkdtemp(prefix=f"uds3-{RUN_ID}-"))
@@ -50,15 +54,15 @@ def stack() -> Iterator[Settings]:
     """The real Kafka, PostgreSQL and Neo4j from infra/, with this run's database and topics."""
     if not _stack_is_up():
         subprocess.run(["bash", "infra/stack.sh", "up"], cwd=REPO_ROOT, check=True)
-    from services.core import topics
+    from services.core import access, topics
     from services.core.provision import create_database, drop_database
 
     settings = Settings()
     create_database(settings)
-    asyncio.run(topics.ensure_topics(settings.kafka_bootstrap))
+    asyncio.run(access.provision_kafka(settings))
     yield settings
     drop_database(settings)
-    asyncio.run(topics.delete_topics(settings.kafka_bootstrap))  # also the modules' `<RUN_ID>-*` topics
+    asyncio.run(topics.delete_topics(settings))  # also the modules' `<RUN_ID>-*` topics
 
 
 @pytest.fixture(scope="session")
@@ -93,3 +97,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
         report.sections.append(("CPU and onnxruntime", runtime_description()))
     return report
+
+
+@pytest.fixture(scope="session")
+def services(stack: Settings, env_applied: dict[str, str]) -> Iterator[Services]:
+    """The six services as separate OS processes (end-to-end and security tests share them)."""
+    from tests.running import Services  # not at the top: the run's environment must be set first
+
+    running = Services(env_applied)
+    yield running
+    running.stop()

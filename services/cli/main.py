@@ -21,6 +21,7 @@ from rich.table import Table
 
 from services.cli.ops import audit_app, dlq_app, saga_compensate, saga_retry
 from services.client import Client
+from services.core.access import client_group_prefix
 from services.core.config import Settings
 from services.core.events import STEPS, SUCCESS_EVENT, TERMINAL_EVENTS, Event
 from services.core.validation import InvalidInput, uuid_id
@@ -265,7 +266,7 @@ def resume(document_id: str) -> None:
     event = _last_step_event(state)
 
     async def go() -> None:
-        async with Client() as client:
+        async with Client(principal="admin") as client:  # an operator's action: any step's topic
             await client.republish(event)
 
     run(go())
@@ -289,7 +290,7 @@ def replay(older_than: float = typer.Option(60.0, help="only sagas whose last ev
                 stuck.append(_last_step_event(state))
 
     async def go() -> None:
-        async with Client() as client:
+        async with Client(principal="admin") as client:  # an operator's action: any step's topic
             for event in stuck:
                 await client.republish(event)
 
@@ -301,7 +302,7 @@ def replay(older_than: float = typer.Option(60.0, help="only sagas whose last ev
 @friendly
 def subscribe(
     from_beginning: bool = typer.Option(False, "--from-beginning"),
-    group: str = typer.Option(None, help="consumer group: resume where it left off"),
+    group: str = typer.Option(None, help="consumer group: resume where it left off (named <prefix>-client-<group>)"),
     since: str = typer.Option(None, help="replay from a point in time (ISO 8601, e.g. 2026-11-29T10:00:00+00:00)"),
 ) -> None:
     """Stream terminal events (DocumentCompleted, DocumentCompensated, CompensationFailed) as JSON lines."""
@@ -316,7 +317,9 @@ def subscribe(
                 since_ms = int(datetime.fromisoformat(since).timestamp() * 1000)
             except ValueError as bad:
                 raise UserError(f"--since takes an ISO 8601 time, got {since!r}") from bad
-        async for e in client.subscribe_completions(from_beginning, group, since_ms):
+        # the only groups a client principal may join are <prefix>-client-*
+        named = group if not group or group.startswith(client_group_prefix()) else client_group_prefix() + group
+        async for e in client.subscribe_completions(from_beginning, named, since_ms):
             print(
                 json.dumps(
                     {

@@ -246,7 +246,7 @@ async def read_letters(settings: Settings) -> list[Letter]:
     from services.core import codec, topics
 
     letters: list[Letter] = []
-    for r in await topics.read_all(settings.kafka_bootstrap, topics.DEAD_LETTERS):
+    for r in await topics.read_all(settings, topics.DEAD_LETTERS):
         try:
             letters.append(Letter(r.partition, r.offset, r.key, codec.decode(r.value)))
         except codec.UndecodableEvent:
@@ -323,7 +323,7 @@ async def redrive_letter(settings: Settings, letter: Letter) -> None:
     from aiokafka import AIOKafkaProducer
 
     topic, partition, _ = letter.origin
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=True, acks="all")
+    producer = AIOKafkaProducer(**settings.kafka("admin"), enable_idempotence=True, acks="all")
     await producer.start()
     try:
         key = letter.key if letter.key and letter.key != b"unknown" else None
@@ -445,7 +445,7 @@ def plan_compensate(state: Any, force: bool = False) -> Redrive:
 async def _publish(settings: Settings, event: Event) -> None:
     from services.client import Client
 
-    async with Client(settings) as client:
+    async with Client(settings, principal="admin") as client:  # an operator re-drives any step's event
         await client.republish(event)
 
 

@@ -22,8 +22,9 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from services.core import codec, topics, validation
+from services.core.access import client_group_prefix
 from services.core.config import Settings
-from services.core.events import DOCUMENT_SUBMITTED, TERMINAL_EVENTS, Event
+from services.core.events import DOCUMENT_SUBMITTED, SUBMITTER, TERMINAL_EVENTS, Event
 
 
 @dataclass(frozen=True)
@@ -35,8 +36,12 @@ class Submission:
 
 
 class Client:
-    def __init__(self, settings: Settings | None = None) -> None:
+    """Connects as the `client` principal, which may only submit (and read the saga's events);
+    operator tools pass `principal="admin"` to re-drive events of any step."""
+
+    def __init__(self, settings: Settings | None = None, principal: str = SUBMITTER) -> None:
         self.settings = settings or Settings()
+        self.principal = principal
         self.producer: AIOKafkaProducer | None = None
 
     async def __aenter__(self) -> Client:
@@ -48,9 +53,7 @@ class Client:
 
     async def start(self) -> None:
         if self.producer is None:
-            producer = AIOKafkaProducer(
-                bootstrap_servers=self.settings.kafka_bootstrap, enable_idempotence=True, acks="all"
-            )
+            producer = AIOKafkaProducer(**self.settings.kafka(self.principal), enable_idempotence=True, acks="all")
             try:
                 await producer.start()
             except BaseException:
@@ -95,7 +98,7 @@ class Client:
             event_type=DOCUMENT_SUBMITTED,
             document_id=doc,
             saga_id=str(uuid.uuid4()),
-            producer="client",
+            producer=SUBMITTER,
             payload={
                 "source_uri": source.as_uri(),
                 "size_bytes": size,
@@ -115,7 +118,7 @@ class Client:
         await self.start()
         assert self.producer is not None
         now_ms = int(time.time() * 1000)
-        await self.producer.send_and_wait(topics.EVENTS.name, codec.encode(event), key=doc.encode())
+        await self.producer.send_and_wait(topics.SUBMISSIONS.name, codec.encode(event), key=doc.encode())
         return Submission(doc, event.saga_id, event.event_id, now_ms)
 
     async def republish(self, event: Event) -> None:
@@ -124,12 +127,12 @@ class Client:
         await self.start()
         assert self.producer is not None
         data = codec.encode(event)
-        for topic in topics.topics_for(event.event_type):
+        for topic in topics.topics_for(event.event_type, event.producer):
             await self.producer.send_and_wait(topic.name, data, key=event.document_id.encode())
 
     async def progress(self, document_id: str, since_ms: int | None = None) -> AsyncIterator[Event]:
         """Every event of the document (steps and progress) until its terminal event."""
-        async for event in self._follow([topics.EVENTS, topics.PROGRESS], since_ms, document_id):
+        async for event in self._follow([*topics.SAGA_TOPICS, *topics.PROGRESS_TOPICS], since_ms, document_id):
             yield event
             if event.event_type in TERMINAL_EVENTS:
                 return
@@ -147,14 +150,18 @@ class Client:
 
         With a group id, positions are committed and a restart continues where it stopped;
         `since_ms` replays from a point in time instead (e.g. to feed a new downstream system).
+        The client principal may join only groups named `<prefix>-client-*`.
         """
+        if group_id is not None and self.principal == SUBMITTER and not group_id.startswith(client_group_prefix()):
+            raise validation.InvalidInput(f"consumer group {group_id!r}: a client's groups start with "
+                                          f"{client_group_prefix()!r} (the broker's ACLs allow no other)")
         if since_ms is not None:
             async for event in self._follow([topics.COMPLETIONS], since_ms + 5_000, None):
                 yield event
             return
         consumer = AIOKafkaConsumer(
             topics.COMPLETIONS.name,
-            bootstrap_servers=self.settings.kafka_bootstrap,
+            **self.settings.kafka(self.principal),
             group_id=group_id,
             auto_offset_reset="earliest" if from_beginning else "latest",
             enable_auto_commit=group_id is not None,
@@ -172,7 +179,7 @@ class Client:
     ) -> AsyncIterator[Event]:
         # "earliest": with "latest", the reset still in flight after assign() can override our seek.
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap,
+            **self.settings.kafka(self.principal),
             enable_auto_commit=False,
             isolation_level="read_committed",
             auto_offset_reset="earliest",

@@ -7,14 +7,20 @@ a Kafka cluster, a Milvus server, Neo4j and PostgreSQL elsewhere by setting thes
 from __future__ import annotations
 
 import os
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _env(name: str, default: str) -> str:
     return os.environ.get(name, default)
+
+
+def _is_loopback(server: str) -> bool:
+    return server.rsplit(":", 1)[0].strip("[]") in {"127.0.0.1", "localhost", "::1"}
 
 
 def _stack_dir() -> Path:
@@ -38,6 +44,10 @@ def isolated_env(prefix: str, folder: Path) -> dict[str, str]:
 class Settings:
     kafka_bootstrap: str = field(
         default_factory=lambda: _env("UDS3_KAFKA_BOOTSTRAP", f"127.0.0.1:{_env('UDS3_KAFKA_PORT', '19092')}")
+    )
+    # SASL_PLAINTEXT on the local stack; SASL_SSL (TLS with the system's CAs) anywhere else.
+    kafka_security_protocol: str = field(
+        default_factory=lambda: _env("UDS3_KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT")
     )
     pg_host: str = field(default_factory=lambda: _env("UDS3_PG_HOST", "127.0.0.1"))
     pg_port: int = field(default_factory=lambda: int(_env("UDS3_PG_PORT", "15432")))
@@ -82,6 +92,28 @@ class Settings:
     # A name for this replica, unique within its service (e.g. "0"): Kafka static group membership,
     # so a restarted replica takes its partitions back at once instead of after the session timeout.
     group_instance: str = field(default_factory=lambda: _env("UDS3_GROUP_INSTANCE", ""))
+
+    def kafka(self, principal: str) -> dict[str, Any]:
+        """aiokafka connection options as `principal` (a service name, "client" or "admin"):
+        each process authenticates with its own SCRAM principal, whose ACLs say what it may
+        write (services/core/access.py). The password comes from UDS3_KAFKA_PASSWORD_<PRINCIPAL>;
+        the default is the local stack's and is refused for a broker elsewhere."""
+        password = os.environ.get(f"UDS3_KAFKA_PASSWORD_{principal.upper()}")
+        if password is None:
+            if not all(_is_loopback(server) for server in self.kafka_bootstrap.split(",")):
+                raise RuntimeError(f"set UDS3_KAFKA_PASSWORD_{principal.upper()}: the local stack's "
+                                   f"default credential is not used for {self.kafka_bootstrap}")
+            password = f"uds3-local-{principal}"
+        options: dict[str, Any] = {
+            "bootstrap_servers": self.kafka_bootstrap,
+            "security_protocol": self.kafka_security_protocol,
+            "sasl_mechanism": "SCRAM-SHA-512",
+            "sasl_plain_username": principal,
+            "sasl_plain_password": password,
+        }
+        if self.kafka_security_protocol == "SASL_SSL":
+            options["ssl_context"] = ssl.create_default_context()
+        return options
 
     def pg_dsn(self, user: str | None = None, password: str | None = None) -> str:
         user = user or self.pg_admin_user

@@ -108,6 +108,9 @@ SUCCESS_EVENT: dict[str, str] = {
 PROGRESS_EVENTS = frozenset({CHUNK_STORED, UPLOAD_PROGRESSED, VECTORS_PROGRESSED})
 TERMINAL_EVENTS = frozenset({DOCUMENT_COMPLETED, DOCUMENT_COMPENSATED, COMPENSATION_FAILED})
 
+# Who submits documents: the client principal (CLI, Python API, other systems).
+SUBMITTER = "client"
+
 
 def failed(step: str) -> str:
     return f"{step}Failed"
@@ -126,3 +129,17 @@ ALL_EVENT_TYPES: tuple[str, ...] = (
     RELATIONAL_RECORDED, DOCUMENT_COMPLETED, *sorted(FAILED_EVENTS), *sorted(COMPENSATED_EVENTS),
     DOCUMENT_COMPENSATED, COMPENSATION_FAILED,
 )
+
+
+def _owners() -> dict[str, str]:
+    owners = {DOCUMENT_SUBMITTED: SUBMITTER, UPLOAD_STARTED: "uploader", CHUNK_STORED: "uploader",
+              UPLOAD_PROGRESSED: "uploader", VECTORS_PROGRESSED: "vector",
+              DOCUMENT_COMPLETED: STEP_SERVICE[STEPS[-1]], DOCUMENT_COMPENSATED: STEP_SERVICE[STEPS[0]]}
+    for step, service in STEP_SERVICE.items():
+        owners |= {SUCCESS_EVENT[step]: service, failed(step): service, compensated(step): service}
+    return owners
+
+
+# The one producer that may publish each event type (Kafka ACLs enforce it: each producer writes
+# only its own topics). CompensationFailed is not here: any service whose undo fails emits it.
+OWNER: dict[str, str] = _owners()

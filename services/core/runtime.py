@@ -83,13 +83,6 @@ REDRIVE_PRODUCER = "operator"
 REPAIR_PRODUCER = "operator-repair"
 
 
-def _topic_names(event_type: str) -> set[str]:
-    try:
-        return {t.name for t in topics.topics_for(event_type)}
-    except KeyError:
-        return set()
-
-
 def _refusal(event: Event, log: StepLog, repair: bool) -> str | None:
     """Why this step must not act on a forward or undo input, if it must not (pure). An ended
     saga stays ended: a late (or forged) failure, compensation or forward event would make the
@@ -135,7 +128,7 @@ class Relay:
                         continue
                     event = event_of(message)
                     data = codec.encode(event)
-                    for topic in topics.topics_for(event.event_type):
+                    for topic in topics.topics_for(event.event_type, event.producer):
                         sends.append(await self.producer.send(topic.name, data, key=event.document_id.encode()))
                 await asyncio.gather(*sends)
                 await asyncio.to_thread(self.store.mark_published, batch[-1][0])
@@ -192,11 +185,10 @@ class Runtime:
                 logs.warn(self.log, "database unreachable at start, waiting", error=str(e))
                 await asyncio.sleep(1)
         await asyncio.to_thread(self.step.start, self.settings)
-        producer = AIOKafkaProducer(
-            bootstrap_servers=self.settings.kafka_bootstrap, enable_idempotence=True, acks="all", linger_ms=2
-        )
+        kafka = self.settings.kafka(self.step.service)  # its own principal: it may write only its own topics
+        producer = AIOKafkaProducer(**kafka, enable_idempotence=True, acks="all", linger_ms=2)
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap,
+            **kafka,
             group_id=self.group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -206,13 +198,13 @@ class Runtime:
             heartbeat_interval_ms=3_000,
             group_instance_id=f"{self.group}-{self.settings.group_instance}" if self.settings.group_instance else None,
         )
-        await topics.ensure_topics(self.settings.kafka_bootstrap)  # idempotent; the broker never auto-creates
+        await topics.wait_for_topics(self.settings, self.step.service, topics.SAGA_TOPICS)  # provisioned by admin
         await producer.start()
         self.relay = Relay(self.store, producer)
         self.ctx.checkpoint = self._checkpoint
         try:
             await self.relay.flush()  # what a crashed run recorded but never published
-            consumer.subscribe([topics.EVENTS.name], listener=_ForgetPositions(self.positions))
+            consumer.subscribe([t.name for t in topics.SAGA_TOPICS], listener=_ForgetPositions(self.positions))
             await consumer.start()
             logs.info(self.log, "started", group=self.group)
             stopper = asyncio.create_task(stop.wait())
@@ -270,7 +262,7 @@ class Runtime:
             validation.check_event(event)
             if message.key != event.document_id.encode():  # its partition, and so its order (G6)
                 raise validation.InvalidInput(f"key {message.key!r} is not its document id")
-            if message.topic not in _topic_names(event.event_type):  # defence in depth: a type has its topics
+            if message.topic not in topics.carriers(event.event_type):  # defence in depth: a type has its topics
                 raise validation.InvalidInput(f"{event.event_type} does not travel on {message.topic}")
         except validation.InvalidInput as e:
             await self.dead_letter(message, f"invalid {event.event_type}: {e}", producer)
@@ -337,6 +329,7 @@ class Runtime:
             return Outcome("observed")
         deadline = time.monotonic() + self.settings.step_deadline_s
         attempt = 0
+        keep = (forward or event.event_type in remembers) and not repair  # inputs the log keeps
         while True:
             log = self.store.step_log(event.document_id)
             if log.handled(event.event_id):
@@ -344,8 +337,13 @@ class Runtime:
                 return Outcome("duplicate" if recorded else "redelivered")
             before = len(log.emitted)
             refusal = _refusal(event, log, repair) if forward or undo else None
-            if event.event_type in remembers and not refusal and not log.knows(event.event_id):
+            if keep and not refusal and not log.knows(event.event_id):
                 log.receive(message_of(event))
+            # The forward work runs once the step has every input it needs: for this trigger, or
+            # for a trigger that arrived first and waited for this input (parked in the log).
+            ready = [] if refusal or repair or undo or log.ended() or not step.needs <= log.received_types() \
+                else log.waiting(step.reacts_to)
+            current: Event | None = None
             try:
                 if event.event_type in step.observes:
                     step.observe(event, self.ctx)
@@ -353,15 +351,16 @@ class Runtime:
                     log.refuse({**message_of(event), "reason": refusal})
                 elif repair:
                     self._repair(event, log)
-                elif forward:
-                    self._forward(event, log)
                 elif undo:
                     self._compensate(event, log)
+                for current in ready:
+                    self._forward(current, log)
+                    log.mark_processed(current.event_id)
             except Interrupted:
                 raise
             except Exception as raw:
                 err = classify(raw)
-                if refusal or not (forward or undo):  # only observing failed: never undo for it
+                if refusal or not (current or undo or repair):  # only observing failed: never undo for it
                     raise ObserveFailed(str(err)) from raw
                 if err.retriable and time.monotonic() < deadline:
                     attempt += 1
@@ -379,13 +378,20 @@ class Runtime:
                 if repair:  # a completed saga is never compensated for a failed repair
                     raise ObserveFailed(f"repair failed: {err}") from raw
                 log = self.store.step_log(event.document_id)  # drop the failed attempt's pending events
-                if event.event_type in remembers and not log.knows(event.event_id):
+                if keep and not log.knows(event.event_id):
                     log.receive(message_of(event))
-                (self._fail_forward if forward else self._fail_undo)(event, log, err)
-            if forward or undo or event.event_type in remembers:
+                if current is not None:
+                    if not log.knows(current.event_id):
+                        log.receive(message_of(current))
+                    self._fail_forward(current, log, err)
+                    log.mark_processed(current.event_id)
+                else:
+                    self._fail_undo(event, log, err)
+            parked = forward and not (refusal or repair) and event.event_id not in {e.event_id for e in ready}
+            if not parked and not log.handled(event.event_id):
                 log.mark_processed(event.event_id)  # observe-only inputs are idempotent by themselves
             recorded = self.store.record(log, tracking)
-            done = "refused" if refusal else "repaired" if repair else "handled"
+            done = "refused" if refusal else "repaired" if repair else "parked" if parked else "handled"
             action = done if recorded else "redelivered"
             return Outcome(action, len(log.emitted) - before)
 

@@ -70,6 +70,13 @@ class Step(ABC):
     def undo(self, log: StepLog, ctx: Context) -> Undone:
         """Remove everything this step wrote for the document (idempotent; may find nothing)."""
 
+    @property
+    def needs(self) -> frozenset[str]:
+        """The inputs that must be in the log before the forward work runs: each producer has
+        its own topic, so a trigger can arrive before an input it depends on (the runtime
+        parks it until they are all there)."""
+        return self.remembers - self.reacts_to
+
     # --- position in the saga ------------------------------------------------------------
     @property
     def index(self) -> int:

@@ -125,6 +125,14 @@ class StepLog(Aggregate):
         """How the saga ended, as far as this service has seen (its own ending or one it received)."""
         return next((m["event_type"] for m in (*self.emitted, *self.received) if m["event_type"] in ENDINGS), None)
 
+    def received_types(self) -> set[str]:
+        return {m["event_type"] for m in self.received}
+
+    def waiting(self, triggers: frozenset[str]) -> list[Event]:
+        """Received triggers of the forward work not yet handled (parked until `needs` are in)."""
+        return [event_of(m) for m in self.received
+                if m["event_type"] in triggers and m["event_id"] not in self.processed]
+
     def handled(self, event_id: str) -> bool:
         """True when this input was fully handled before (a duplicate delivery)."""
         return event_id in self.processed

@@ -1,13 +1,16 @@
 """Every Kafka topic of the saga, named and configured in this one place.
 
-Messages are keyed by document id (UTF-8 bytes of `Event.document_id`): one document's
-events stay in one partition, in order (G6), while documents spread across partitions.
-The broker does not auto-create topics; `ensure_topics` creates them explicitly.
+One topic per producer: the client's submissions, and each service's own events (and its
+progress, where it reports any). Kafka's ACLs are per topic, so this layout is what lets the
+broker enforce that each principal publishes only the events it owns (`access.py`). Messages
+are keyed by document id: one producer's events of one document stay in one partition, in
+order (G6); across producers the services order by causation (a step waits for its inputs,
+`Step.needs`), and the saga fold orders by causation and time, never by offset.
 
 Environment: ``UDS3_TOPIC_PREFIX`` (default "uds3", lets tests isolate their topics) and
 ``UDS3_TOPIC_REPLICATION`` (default 1, for the local single-broker stack).
 
-    python -m services.core.topics [--bootstrap HOST:PORT]   # create the missing topics
+    python -m services.core.topics   # create the principals, missing topics and ACLs (admin)
 """
 
 from __future__ import annotations
@@ -24,16 +27,27 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 from aiokafka.structs import ConsumerRecord
 
-from services.core.events import ALL_EVENT_TYPES, DEAD_LETTER, PROGRESS_EVENTS, TERMINAL_EVENTS
+from services.core.config import Settings
+from services.core.events import (
+    ALL_EVENT_TYPES,
+    COMPENSATION_FAILED,
+    DEAD_LETTER,
+    OWNER,
+    PROGRESS_EVENTS,
+    STEP_SERVICE,
+    SUBMITTER,
+    TERMINAL_EVENTS,
+)
 
 log = logging.getLogger(__name__)
 
 DAY_MS = 24 * 60 * 60 * 1000
+SERVICES: tuple[str, ...] = tuple(STEP_SERVICE.values())
 
 
 @dataclass(frozen=True)
 class Topic:
-    """A topic and the configuration it is created with."""
+    """A topic, the configuration it is created with, and who may write to it."""
 
     name: str
     partitions: int
@@ -42,6 +56,7 @@ class Topic:
     cleanup_policy: str
     description: str
     carries: tuple[str, ...]
+    writers: tuple[str, ...]  # the principals whose ACLs allow them to publish here
 
     @property
     def configs(self) -> dict[str, str]:
@@ -49,79 +64,100 @@ class Topic:
         return {"retention.ms": str(self.retention_ms), "cleanup.policy": self.cleanup_policy}
 
 
-def key_for(document_id: str) -> bytes:
-    """The message key: the document id, so a document's events keep their order."""
-    return document_id.encode()
+def build_topics(prefix: str, replication_factor: int = 1) -> tuple[Topic, ...]:
+    """Every topic under `prefix`: submissions, per service its events (and progress), the
+    completions and the dead letters."""
+    def owned(service: str, progress: bool) -> tuple[str, ...]:
+        mine = [t for t in ALL_EVENT_TYPES if OWNER.get(t) == service and (t in PROGRESS_EVENTS) == progress]
+        return tuple(mine + ([COMPENSATION_FAILED] if not progress else []))  # any service's undo can fail
 
-
-def build_topics(prefix: str, replication_factor: int = 1) -> tuple[Topic, Topic, Topic, Topic]:
-    """The four topics under `prefix`: events, progress, completions, dead letters."""
-    domain = tuple(t for t in ALL_EVENT_TYPES if t not in PROGRESS_EVENTS)
-    progress = tuple(t for t in ALL_EVENT_TYPES if t in PROGRESS_EVENTS)
-    terminal = tuple(t for t in ALL_EVENT_TYPES if t in TERMINAL_EVENTS)
-    return (
-        Topic(
-            f"{prefix}.saga.events", 6, replication_factor, 30 * DAY_MS, "delete",
-            "Every saga event except progress: the choreography itself. Services consume it in "
-            "their own consumer group and react to the events of their step.",
-            domain,
-        ),
-        Topic(
-            f"{prefix}.saga.progress", 6, replication_factor, 1 * DAY_MS, "delete",
-            "High-volume progress and checkpoint events (chunks stored, upload and embedding "
-            "progress), kept apart so they never delay the saga's own events.",
-            progress,
-        ),
-        Topic(
-            f"{prefix}.saga.completions", 3, replication_factor, 365 * DAY_MS, "delete",
-            "Terminal outcome of every document, for downstream subscribers. Producers publish "
-            "terminal events here in addition to the events topic.",
-            terminal,
-        ),
-        Topic(
-            f"{prefix}.saga.dlq", 1, replication_factor, 30 * DAY_MS, "delete",
-            "Messages a consumer could not decode or handle, wrapped in a DeadLetter event with "
-            "the reason; inspected and re-driven from the CLI.",
-            (DEAD_LETTER,),
-        ),
+    rf = replication_factor
+    submissions = Topic(
+        f"{prefix}.submissions", 6, rf, 30 * DAY_MS, "delete",
+        "Documents submitted by clients (claim checks: where the file is, never its bytes). "
+        "Only the client principal writes here.", owned(SUBMITTER, False)[:1], (SUBMITTER,),
     )
+    events = tuple(
+        Topic(
+            f"{prefix}.{service}.events", 6, rf, 30 * DAY_MS, "delete",
+            f"The {service} service's saga events: its step's outcome, its compensation, and "
+            "terminal events it announces. Only its own principal writes here.",
+            owned(service, False), (service,),
+        )
+        for service in SERVICES
+    )
+    progress = tuple(
+        Topic(
+            f"{prefix}.{service}.progress", 6, rf, 1 * DAY_MS, "delete",
+            f"High-volume progress of the {service} service, kept apart so it never delays "
+            "the saga's own events.",
+            owned(service, True), (service,),
+        )
+        for service in SERVICES
+        if owned(service, True)
+    )
+    completions = Topic(
+        f"{prefix}.saga.completions", 3, rf, 365 * DAY_MS, "delete",
+        "Terminal outcome of every document, for downstream subscribers. The service that "
+        "ends a saga publishes its terminal event here in addition to its own topic.",
+        tuple(t for t in ALL_EVENT_TYPES if t in TERMINAL_EVENTS), SERVICES,
+    )
+    dead_letters = Topic(
+        f"{prefix}.saga.dlq", 1, rf, 30 * DAY_MS, "delete",
+        "Messages a consumer could not decode or handle, wrapped in a DeadLetter event with "
+        "the reason; inspected and re-driven from the CLI.",
+        (DEAD_LETTER,), SERVICES,
+    )
+    return (submissions, *events, *progress, completions, dead_letters)
 
 
 PREFIX = os.environ.get("UDS3_TOPIC_PREFIX", "uds3")
 REPLICATION_FACTOR = int(os.environ.get("UDS3_TOPIC_REPLICATION", "1"))
-EVENTS, PROGRESS, COMPLETIONS, DEAD_LETTERS = build_topics(PREFIX, REPLICATION_FACTOR)
-ALL_TOPICS: tuple[Topic, ...] = (EVENTS, PROGRESS, COMPLETIONS, DEAD_LETTERS)
-
-_PRIMARY: dict[str, Topic] = {t: topic for topic in (EVENTS, PROGRESS, DEAD_LETTERS) for t in topic.carries}
-_ALSO: dict[str, tuple[Topic, ...]] = {t: (COMPLETIONS,) for t in COMPLETIONS.carries}
-
-
-def topic_for(event_type: str) -> Topic:
-    """The topic an event type is published to (and consumed from by the saga's services)."""
-    try:
-        return _PRIMARY[event_type]
-    except KeyError:
-        raise KeyError(f"no topic carries event type {event_type!r}") from None
+ALL_TOPICS: tuple[Topic, ...] = build_topics(PREFIX, REPLICATION_FACTOR)
+SUBMISSIONS, COMPLETIONS, DEAD_LETTERS = ALL_TOPICS[0], ALL_TOPICS[-2], ALL_TOPICS[-1]
+# What the services consume: every saga event, from every producer (no progress).
+SAGA_TOPICS: tuple[Topic, ...] = tuple(t for t in ALL_TOPICS if t.name.endswith((".events", ".submissions")))
+PROGRESS_TOPICS: tuple[Topic, ...] = tuple(t for t in ALL_TOPICS if t.name.endswith(".progress"))
 
 
-def topics_for(event_type: str) -> tuple[Topic, ...]:
-    """Every topic a producer publishes an event type to: terminal events also go to completions."""
-    return (topic_for(event_type), *_ALSO.get(event_type, ()))
+def topic_for(event_type: str, producer: str, topics: Iterable[Topic] = ALL_TOPICS) -> Topic:
+    """The topic `producer` publishes an event type to: its owner's (an operator's re-drive
+    goes where the owner's would), or for CompensationFailed the failing service's own."""
+    homes = [t for t in topics if event_type in t.carries and not t.name.endswith(".saga.completions")]
+    if len(homes) > 1:
+        homes = [t for t in homes if producer in t.writers]
+    if len(homes) != 1:
+        raise KeyError(f"no topic carries {event_type!r} from {producer!r}")
+    return homes[0]
 
 
-async def read_all(bootstrap: str, topic: Topic) -> list[ConsumerRecord]:
-    """Every record of a topic, from its beginning to its end at the time of the call
+def topics_for(event_type: str, producer: str) -> tuple[Topic, ...]:
+    """Every topic an event is published to: terminal events also go to the completions."""
+    home = topic_for(event_type, producer)
+    return (home, COMPLETIONS) if event_type in TERMINAL_EVENTS else (home,)
+
+
+def carriers(event_type: str) -> set[str]:
+    """The names of the topics an event type may travel on (a consumer's defence in depth)."""
+    return {t.name for t in ALL_TOPICS if event_type in t.carries}
+
+
+async def read_all(settings: Settings, *topics: Topic, principal: str = "admin") -> list[ConsumerRecord]:
+    """Every record of the topics, from their beginning to their end at the time of the call
     (operator tools and audits; services consume through their groups)."""
     # earliest: with the default (latest), the reset of a fresh assignment can race seek_to_beginning
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level="read_committed",
+        **settings.kafka(principal), enable_auto_commit=False, isolation_level="read_committed",
         auto_offset_reset="earliest",
     )
     await consumer.start()
     try:
         await consumer._client.force_metadata_update()
-        partitions = consumer.partitions_for_topic(topic.name) or set(range(topic.partitions))
-        parts = [TopicPartition(topic.name, p) for p in sorted(partitions)]
+        parts = [
+            TopicPartition(topic.name, p)
+            for topic in topics
+            for p in sorted(consumer.partitions_for_topic(topic.name) or set(range(topic.partitions)))
+        ]
         consumer.assign(parts)
         ends = await consumer.end_offsets(parts)
         await consumer.seek_to_beginning(*parts)
@@ -137,15 +173,20 @@ async def read_all(bootstrap: str, topic: Topic) -> list[ConsumerRecord]:
         await consumer.stop()
 
 
-async def delete_topics(bootstrap: str, prefix: str = PREFIX) -> list[str]:
+def deployment_of(topic_name: str) -> str:
+    """The deployment prefix a topic belongs to (`<prefix>.` or a module's `<prefix>-*.`)."""
+    return topic_name.split(".", 1)[0].split("-", 1)[0]
+
+
+async def delete_topics(settings: Settings, prefix: str = PREFIX) -> list[str]:
     """Deletes every topic of a finished test, bench or chaos run (`<prefix>.` and `<prefix>-*.`):
     a long-lived stack otherwise gathers thousands of partitions, and slows down with them."""
     if prefix == "uds3":
         raise ValueError("refusing to delete the default deployment's topics")
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**settings.kafka("admin"))
     await admin.start()
     try:
-        ours = [t for t in await admin.list_topics() if t.split(".", 1)[0].split("-", 1)[0] == prefix]
+        ours = [t for t in await admin.list_topics() if deployment_of(t) == prefix]
         if ours:
             await admin.delete_topics(ours)
         return ours
@@ -153,16 +194,13 @@ async def delete_topics(bootstrap: str, prefix: str = PREFIX) -> list[str]:
         await admin.close()
 
 
-async def ensure_topics(
-    bootstrap: str, topics: Iterable[Topic] = ALL_TOPICS, timeout_s: float = 30.0
-) -> list[str]:
-    """Create the missing topics (idempotent) and wait until every partition has a leader.
-
-    Returns the names it created. An existing topic is left as it is; a partition count that
-    differs from the registry is only logged: repartitioning would break per-document order.
-    """
+async def ensure_topics(settings: Settings, topics: Iterable[Topic] = ALL_TOPICS, timeout_s: float = 30.0) -> list[str]:
+    """Create the missing topics (idempotent, as the admin principal) and wait until every
+    partition has a leader. Returns the names it created. An existing topic is left as it
+    is; a partition count that differs from the registry is only logged: repartitioning
+    would break per-document order."""
     wanted = {t.name: t for t in topics}
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**settings.kafka("admin"))
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -188,6 +226,17 @@ async def ensure_topics(
         await admin.close()
 
 
+async def wait_for_topics(settings: Settings, principal: str, topics: Iterable[Topic], timeout_s: float = 60.0) -> None:
+    """A service's check at start: its topics exist and have leaders. Services never create
+    topics (their principals may not): provisioning does (`make provision`)."""
+    admin = AIOKafkaAdminClient(**settings.kafka(principal))
+    await admin.start()
+    try:
+        await _wait_for_leaders(admin, {t.name for t in topics}, timeout_s)
+    finally:
+        await admin.close()
+
+
 async def _wait_for_leaders(admin: AIOKafkaAdminClient, names: set[str], timeout_s: float) -> dict[str, int]:
     """Partition counts once every partition of `names` has a leader (producers can then send)."""
     loop = asyncio.get_running_loop()
@@ -201,7 +250,8 @@ async def _wait_for_leaders(admin: AIOKafkaAdminClient, names: set[str], timeout
         if names <= ready.keys():
             return ready
         if loop.time() > deadline:
-            raise TimeoutError(f"topics without leaders after {timeout_s}s: {sorted(names - ready.keys())}")
+            raise TimeoutError(f"topics missing or without leaders after {timeout_s}s: {sorted(names - ready.keys())} "
+                               "(provision them: make provision)")
         await asyncio.sleep(0.2)
 
 
@@ -210,17 +260,16 @@ def _have_leaders(partitions: list[dict[str, int]]) -> bool:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from services.core.config import Settings
+    from services.core import access
 
-    parser = argparse.ArgumentParser(prog="python -m services.core.topics",
-                                     description="Create the missing saga topics (idempotent).")
-    parser.add_argument("--bootstrap", default=None, help="Kafka bootstrap servers (default: UDS3_KAFKA_BOOTSTRAP)")
-    args = parser.parse_args(argv)
-    bootstrap = args.bootstrap or Settings().kafka_bootstrap
-    created = asyncio.run(ensure_topics(bootstrap))
+    parser = argparse.ArgumentParser(
+        prog="python -m services.core.topics",
+        description="Create the deployment's Kafka principals, missing topics and ACLs (idempotent; as admin).")
+    parser.parse_args(argv)
+    created = asyncio.run(access.provision_kafka(Settings()))
     for topic in ALL_TOPICS:
         state = "created" if topic.name in created else "exists"
-        print(f"{topic.name}: {topic.partitions} partitions, {state}")
+        print(f"{topic.name}: {topic.partitions} partitions, {state}; written by {', '.join(topic.writers)}")
 
 
 if __name__ == "__main__":

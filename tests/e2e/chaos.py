@@ -323,11 +323,11 @@ async def outage(seconds: float, results: Results, mode: str = "freeze") -> None
 
 
 # --- reading topics ---------------------------------------------------------------------------
-async def terminal_events(bootstrap: str) -> dict[str, list[Any]]:
+async def terminal_events(settings: Any) -> dict[str, list[Any]]:
     from services.core import codec, topics
 
     found: dict[str, list[Any]] = defaultdict(list)
-    for record in await topics.read_all(bootstrap, topics.COMPLETIONS):
+    for record in await topics.read_all(settings, topics.COMPLETIONS):
         with contextlib.suppress(codec.UndecodableEvent):
             event = codec.decode(record.value)
             found[event.document_id].append(event)
@@ -337,7 +337,7 @@ async def terminal_events(bootstrap: str) -> dict[str, list[Any]]:
 # --- the run ----------------------------------------------------------------------------------
 async def run(args: argparse.Namespace, env: dict[str, str], folder: Path) -> Results:
     from services.client import Client
-    from services.core import topics
+    from services.core import access
     from services.core.config import Settings
     from services.core.provision import create_database
 
@@ -345,7 +345,7 @@ async def run(args: argparse.Namespace, env: dict[str, str], folder: Path) -> Re
     results = Results(sagas=args.sagas)
     settings = Settings()
     create_database(settings)  # its own: a relay on a shared database would publish our events elsewhere
-    await topics.ensure_topics(settings.kafka_bootstrap)
+    await access.provision_kafka(settings)
     docs_dir = folder / "documents"
     docs_dir.mkdir()
     docs = make_documents(docs_dir, args.sagas, rng, only_good=args.outage)
@@ -374,7 +374,7 @@ async def run(args: argparse.Namespace, env: dict[str, str], folder: Path) -> Re
             if args.outage:
                 async def freeze_later() -> None:
                     await asyncio.sleep(max(phase / 2, 3.0))  # while the first documents are at work
-                    ended = await terminal_events(settings.kafka_bootstrap)
+                    ended = await terminal_events(settings)
                     results.in_flight_at_outage = sum(bool(d.document_id) and d.document_id not in ended
                                                       for d in docs)
                     await outage(args.outage_seconds, results, args.outage_mode)
@@ -390,7 +390,7 @@ async def run(args: argparse.Namespace, env: dict[str, str], folder: Path) -> Re
         deadline = time.monotonic() + args.settle
         ids = {d.document_id for d in docs}
         while True:
-            ended = await terminal_events(settings.kafka_bootstrap)
+            ended = await terminal_events(settings)
             waiting = ids - ended.keys()
             if not waiting or time.monotonic() > deadline:
                 break
@@ -417,7 +417,7 @@ async def judge(docs: list[Doc], settings: Any, results: Results) -> None:
     from services.core.events import DOCUMENT_SUBMITTED
     from services.security.audit import verify_audit
 
-    ended = await terminal_events(settings.kafka_bootstrap)
+    ended = await terminal_events(settings)
     for doc in docs:
         events = ended.get(doc.document_id, [])
         if not events:
@@ -439,7 +439,7 @@ async def judge(docs: list[Doc], settings: Any, results: Results) -> None:
     # emits the same deterministic ids; different ids would be a second effect
     ids: dict[tuple[str, str], set[str]] = defaultdict(set)
     copies = 0
-    for record in await topics.read_all(settings.kafka_bootstrap, topics.EVENTS):
+    for record in await topics.read_all(settings, *topics.SAGA_TOPICS):
         try:
             event = codec.decode(record.value)
         except codec.UndecodableEvent:
@@ -551,7 +551,7 @@ def main(argv: list[str] | None = None) -> int:
 
         shutil.rmtree(folder, ignore_errors=True)
         drop_database(Settings())
-        asyncio.run(topics.delete_topics(Settings().kafka_bootstrap))
+        asyncio.run(topics.delete_topics(Settings()))
     else:
         print(f"[chaos] run folder kept: {folder} (service logs in {folder / 'logs'}), "
               f"database uds3_{prefix}")

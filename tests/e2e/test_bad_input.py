@@ -23,8 +23,8 @@ from services.core.events import DOCUMENT_COMPENSATED, DOCUMENT_COMPLETED, DOCUM
 from services.core.saga import SagaReader
 from services.core.store import StepStore
 from tests.documents import paragraph, pdf_file, text_file
-from tests.e2e.conftest import Services
 from tests.e2e.stores import Footprint, footprint
+from tests.running import Services
 
 pytestmark = pytest.mark.stack
 
@@ -51,7 +51,7 @@ async def outcomes(client: Client, subs: list[Submission]) -> list[Event]:
 
 async def terminal_events(settings: Settings, document_id: str) -> list[str]:
     """Every terminal event of the document on the completions topic (what downstream systems see)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**settings.kafka("admin"), enable_auto_commit=False)
     await consumer.start()
     try:
         parts = [TopicPartition(topics.COMPLETIONS.name, p) for p in range(topics.COMPLETIONS.partitions)]

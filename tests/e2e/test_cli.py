@@ -16,7 +16,7 @@ from services.client import Client
 from services.core.config import REPO_ROOT
 from services.core.saga import SagaReader
 from tests.documents import paragraph, text_file
-from tests.e2e.conftest import Services
+from tests.running import Services
 
 pytestmark = pytest.mark.stack
 

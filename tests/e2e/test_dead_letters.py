@@ -23,16 +23,18 @@ from services.core.config import Settings
 from services.core.events import DOCUMENT_COMPLETED, DOCUMENT_SUBMITTED, Event
 from services.core.provision import SERVICES
 from tests.documents import paragraph, text_file
-from tests.e2e.conftest import Services
+from tests.running import Services
 
 pytestmark = pytest.mark.stack
 
 
-async def produce(settings: Settings, key: str, value: bytes) -> tuple[int, int]:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+async def produce(settings: Settings, key: str, value: bytes, topic: str = topics.SUBMISSIONS.name) -> tuple[int, int]:
+    """Publishes as admin (the broker lets it write anywhere), as a compromised principal would
+    on its own topic: what the consumers' own checks catch."""
+    producer = AIOKafkaProducer(**settings.kafka("admin"))
     await producer.start()
     try:
-        meta = await producer.send_and_wait(topics.EVENTS.name, value, key=key.encode())
+        meta = await producer.send_and_wait(topic, value, key=key.encode())
         return meta.partition, meta.offset
     finally:
         await producer.stop()
@@ -66,8 +68,8 @@ async def test_poison_messages_are_dead_lettered_and_the_services_keep_going(
     key = f"poison-{uuid.uuid4()}"
     garbage = b"\x00not an avro frame\xff" + os.urandom(40)
     frame = unknown_fingerprint_frame()
-    garbage_at = (topics.EVENTS.name, *await produce(stack, key, garbage))
-    frame_at = (topics.EVENTS.name, *await produce(stack, key, frame))
+    garbage_at = (topics.SUBMISSIONS.name, *await produce(stack, key, garbage))
+    frame_at = (topics.SUBMISSIONS.name, *await produce(stack, key, frame))
 
     for origin, value, reason in ((garbage_at, garbage, "bad marker"), (frame_at, frame, "unknown schema fingerprint")):
         found = await letters_for(stack, origin, len(SERVICES))

@@ -13,7 +13,7 @@ import pytest
 
 from services.core.config import REPO_ROOT
 from tests.documents import paragraph, pdf_file
-from tests.e2e.conftest import Services
+from tests.running import Services
 
 pytestmark = pytest.mark.stack
 PAGES = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]

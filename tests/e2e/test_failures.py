@@ -42,8 +42,8 @@ from services.core.saga import SagaReader
 from services.processes import ServiceProcess
 from services.security.audit import verify_audit
 from tests.documents import paragraph, pdf_file, text_file
-from tests.e2e.conftest import Services
 from tests.e2e.stores import Footprint, footprint
+from tests.running import Services
 
 pytestmark = pytest.mark.stack
 

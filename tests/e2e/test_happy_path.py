@@ -17,8 +17,8 @@ from services.core.config import Settings
 from services.core.provision import SERVICES
 from services.core.saga import SagaReader
 from tests.documents import paragraph, pdf_file, text_file
-from tests.e2e.conftest import Services
 from tests.e2e.stores import footprint
+from tests.running import Services
 
 pytestmark = pytest.mark.stack
 
@@ -42,12 +42,12 @@ def make_documents(folder: Path, n: int) -> list[Path]:
 
 
 async def count_messages(settings: Settings) -> int:
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+    consumer = AIOKafkaConsumer(**settings.kafka("admin"))
     await consumer.start()
     try:
         parts = [
             TopicPartition(t.name, p)
-            for t in (topics.EVENTS, topics.COMPLETIONS)
+            for t in (*topics.SAGA_TOPICS, topics.COMPLETIONS)
             for p in consumer.partitions_for_topic(t.name) or range(t.partitions)
         ]
         ends = await consumer.end_offsets(parts)
@@ -76,32 +76,27 @@ async def test_twenty_documents_complete_with_every_store_in_agreement(
 
 
 async def assert_one_partition_per_document_in_causal_order(settings: Settings, docs: set[str]) -> None:
-    """G6: a document's events share one partition, and each event comes after its cause."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest")
-    await consumer.start()
-    try:
-        parts = event_partitions()
-        consumer.assign(parts)
-        ends = await consumer.end_offsets(parts)
-        await consumer.seek_to_beginning(*parts)
-        partitions: dict[str, set[int]] = {}
-        seen: dict[str, set[str]] = {}
-        while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
-            for tp, records in (await consumer.getmany(timeout_ms=1000)).items():
-                for record in records:
-                    try:
-                        event = codec.decode(record.value)
-                    except codec.UndecodableEvent:
-                        continue  # poison from the dead-letter tests (G8)
-                    if event.document_id not in docs:
-                        continue
-                    partitions.setdefault(event.document_id, set()).add(tp.partition)
-                    earlier = seen.setdefault(event.document_id, set())
-                    assert event.causation_id is None or event.causation_id in earlier, event.event_type
-                    earlier.add(event.event_id)
-    finally:
-        await consumer.stop()
-    assert set(partitions) == docs
+    """G6: on each producer's topic a document's events share one partition, in causal order
+    there; every cause of an event was published (on its producer's topic) before it."""
+    where: dict[str, tuple[str, int]] = {}  # event id -> (topic, offset)
+    partitions: dict[tuple[str, str], set[int]] = {}
+    events = []
+    for record in await topics.read_all(settings, *topics.SAGA_TOPICS):
+        try:
+            event = codec.decode(record.value)
+        except codec.UndecodableEvent:
+            continue  # poison from the dead-letter tests (G8)
+        if event.document_id in docs:
+            partitions.setdefault((event.document_id, record.topic), set()).add(record.partition)
+            where[event.event_id] = (record.topic, record.offset)
+            events.append(event)
+    for event in events:
+        if event.causation_id is None:
+            continue
+        assert event.causation_id in where, f"{event.event_type} names a cause never published"
+        (cause_topic, cause_offset), (topic, offset) = where[event.causation_id], where[event.event_id]
+        assert cause_topic != topic or cause_offset < offset, event.event_type
+    assert {doc for doc, _ in partitions} == docs
     assert all(len(p) == 1 for p in partitions.values())
 
 
@@ -121,7 +116,7 @@ async def test_redelivery_from_offset_zero_changes_nothing(services: Services, r
 
 
 def event_partitions() -> list[TopicPartition]:
-    return [TopicPartition(topics.EVENTS.name, p) for p in range(topics.EVENTS.partitions)]
+    return [TopicPartition(t.name, p) for t in topics.SAGA_TOPICS for p in range(t.partitions)]
 
 
 async def reset_groups_to_zero(settings: Settings, timeout: float = 90) -> None:
@@ -131,7 +126,7 @@ async def reset_groups_to_zero(settings: Settings, timeout: float = 90) -> None:
     for service in SERVICES:
         while True:
             consumer = AIOKafkaConsumer(
-                bootstrap_servers=settings.kafka_bootstrap,
+                **settings.kafka("admin"),
                 group_id=f"{topics.PREFIX}-{service}",
                 enable_auto_commit=False,
             )
@@ -148,8 +143,8 @@ async def reset_groups_to_zero(settings: Settings, timeout: float = 90) -> None:
 
 
 async def wait_groups_caught_up(settings: Settings, timeout: float = 180) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    probe = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+    admin = AIOKafkaAdminClient(**settings.kafka("admin"))
+    probe = AIOKafkaConsumer(**settings.kafka("admin"))
     await admin.start()
     await probe.start()
     try:

@@ -15,10 +15,10 @@ from services.core.saga import SagaReader
 from services.core.store import StepStore
 from services.graph.adapters import GraphStore
 from services.vector.adapters import VectorIndex
-from tests.e2e.conftest import Services
 from tests.e2e.test_bad_input import stored, terminal_events
 from tests.e2e.test_cli import uds3
-from tests.e2e.test_trust_boundary import completed
+from tests.running import Services
+from tests.security.test_forged_events import completed
 
 pytestmark = pytest.mark.stack
 

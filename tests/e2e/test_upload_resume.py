@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from services.core import codec, topics
+from services.core import access, codec, topics
 from services.core.chunkstore import ChunkStore
 from services.core.config import Settings
 from services.core.events import CHUNK_STORED, DOCUMENT_SUBMITTED, UPLOAD_COMPLETED, UPLOAD_STARTED, Event
@@ -107,7 +107,7 @@ def uploader(database: Settings, folder: Path) -> Iterator[Uploader]:
         # after the session timeout of the killed one (30 s).
         "UDS3_GROUP_INSTANCE": "71",
     }
-    asyncio.run(topics.ensure_topics(database.kafka_bootstrap, topics.build_topics(PREFIX)))
+    asyncio.run(access.provision_kafka(database, PREFIX))
     running = Uploader(env)
     yield running
     running.proc.stop()
@@ -143,11 +143,11 @@ def submit(settings: Settings, source: Path) -> Event:
     )
 
     async def send() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=True, acks="all")
+        producer = AIOKafkaProducer(**settings.kafka("client"), enable_idempotence=True, acks="all")
         await producer.start()
         try:
-            events_topic = topics.build_topics(PREFIX)[0]
-            await producer.send_and_wait(events_topic.name, codec.encode(event), key=event.document_id.encode())
+            submissions = topics.build_topics(PREFIX)[0]
+            await producer.send_and_wait(submissions.name, codec.encode(event), key=event.document_id.encode())
         finally:
             await producer.stop()
 

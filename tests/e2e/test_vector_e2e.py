@@ -24,8 +24,8 @@ from services.vector.adapters import VectorIndex
 from services.vector.embedding import load_embedder
 from services.vector.text import chunk_pages, iter_pdf_pages, iter_text_blocks
 from tests.documents import paragraph, pdf_file, text_file
-from tests.e2e.conftest import Services
 from tests.e2e.test_bad_input import outcomes, stored
+from tests.running import Services
 
 pytestmark = pytest.mark.stack
 

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.stack
 
 async def new_topic(settings: Settings, partitions: int = 1) -> str:
     name = f"smoke-{uuid.uuid4().hex[:10]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = AIOKafkaAdminClient(**settings.kafka("admin"))
     await admin.start()
     try:
         await admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
@@ -45,7 +45,7 @@ def test_broker_is_apache_kafka_4_in_kraft_mode(stack: Settings) -> None:
 
 async def test_idempotent_producer_and_manual_commits(stack: Settings) -> None:
     topic = await new_topic(stack)
-    producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap, enable_idempotence=True, acks="all")
+    producer = AIOKafkaProducer(**stack.kafka("admin"), enable_idempotence=True, acks="all")
     await producer.start()
     try:
         for i in range(3):
@@ -53,7 +53,7 @@ async def test_idempotent_producer_and_manual_commits(stack: Settings) -> None:
     finally:
         await producer.stop()
     group = f"g-{topic}"
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=stack.kafka_bootstrap, group_id=group,
+    consumer = AIOKafkaConsumer(topic, **stack.kafka("admin"), group_id=group,
                                 enable_auto_commit=False, auto_offset_reset="earliest")
     await consumer.start()
     try:
@@ -61,7 +61,7 @@ async def test_idempotent_producer_and_manual_commits(stack: Settings) -> None:
         await consumer.commit({TopicPartition(topic, 0): first.offset + 1})
     finally:
         await consumer.stop()
-    again = AIOKafkaConsumer(topic, bootstrap_servers=stack.kafka_bootstrap, group_id=group,
+    again = AIOKafkaConsumer(topic, **stack.kafka("admin"), group_id=group,
                              enable_auto_commit=False, auto_offset_reset="earliest")
     await again.start()
     try:
@@ -73,15 +73,15 @@ async def test_idempotent_producer_and_manual_commits(stack: Settings) -> None:
 
 async def test_transactional_offsets_and_read_committed_skips_aborted(stack: Settings) -> None:
     source, sink = await new_topic(stack), await new_topic(stack)
-    plain = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap)
+    plain = AIOKafkaProducer(**stack.kafka("admin"))
     await plain.start()
     await plain.send_and_wait(source, b"input")
     await plain.stop()
     group = f"g-{source}"
-    consumer = AIOKafkaConsumer(source, bootstrap_servers=stack.kafka_bootstrap, group_id=group,
+    consumer = AIOKafkaConsumer(source, **stack.kafka("admin"), group_id=group,
                                 enable_auto_commit=False, auto_offset_reset="earliest",
                                 isolation_level="read_committed")
-    producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap, transactional_id=f"tx-{source}")
+    producer = AIOKafkaProducer(**stack.kafka("admin"), transactional_id=f"tx-{source}")
     await consumer.start()
     await producer.start()
     try:
@@ -95,7 +95,7 @@ async def test_transactional_offsets_and_read_committed_skips_aborted(stack: Set
     finally:
         await producer.stop()
         await consumer.stop()
-    reader = AIOKafkaConsumer(sink, bootstrap_servers=stack.kafka_bootstrap, auto_offset_reset="earliest",
+    reader = AIOKafkaConsumer(sink, **stack.kafka("admin"), auto_offset_reset="earliest",
                               isolation_level="read_committed")
     await reader.start()
     try:
@@ -105,7 +105,7 @@ async def test_transactional_offsets_and_read_committed_skips_aborted(stack: Set
     finally:
         await reader.stop()
     assert b"aborted" not in seen
-    check = AIOKafkaConsumer(bootstrap_servers=stack.kafka_bootstrap, group_id=group)
+    check = AIOKafkaConsumer(**stack.kafka("admin"), group_id=group)
     await check.start()
     try:
         assert await check.committed(TopicPartition(source, 0)) == record.offset + 1

@@ -47,6 +47,7 @@ class Harness:
 
     runtime: Runtime
     offset: int = 0
+    other: int = 0  # the offset on another producer's topic
     checkpoints: list[Callable[[StepLog], None]] = field(default_factory=list)
 
     @property
@@ -59,6 +60,12 @@ class Harness:
             offset = self.offset + 1
         self.offset = max(self.offset, offset)
         return self.runtime.process(event, Tracking("kafka:test:0", offset))
+
+    def feed_from_another_topic(self, event: Event) -> Outcome:
+        """Delivers `event` as if from another producer's topic (positions of its own), e.g. the
+        submission a later step needs before its trigger."""
+        self.other += 1
+        return self.runtime.process(event, Tracking("kafka:other:0", self.other))
 
     def log(self, document_id: str) -> StepLog:
         return self.runtime.store.step_log(document_id)

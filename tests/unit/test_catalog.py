@@ -11,9 +11,10 @@ import yaml
 
 from services.core import catalog, codec, topics
 from services.core.events import (
-    ALL_EVENT_TYPES,
+    COMPENSATION_FAILED,
     DEAD_LETTER,
     DOCUMENT_COMPLETED,
+    OWNER,
     PROGRESS_EVENTS,
     TERMINAL_EVENTS,
     UPLOAD_STARTED,
@@ -23,50 +24,56 @@ REGENERATE = "out of date: run `.venv/bin/python -m services.core.catalog` and c
 
 
 # --- topics --------------------------------------------------------------------------------------
-def test_every_event_type_has_exactly_one_home_topic() -> None:
-    for event_type in [*ALL_EVENT_TYPES, DEAD_LETTER]:
-        homes = [t for t in (topics.EVENTS, topics.PROGRESS, topics.DEAD_LETTERS) if event_type in t.carries]
-        assert homes == [topics.topic_for(event_type)]
+def test_every_event_type_travels_on_its_owners_topic_only() -> None:
+    for event_type, owner in OWNER.items():
+        home = topics.topic_for(event_type, owner)
+        assert home.writers == (owner,) and topics.carriers(event_type) - {topics.COMPLETIONS.name} == {home.name}
+        assert topics.topic_for(event_type, "operator") is home  # a re-drive goes where the owner's would
+    for service in topics.SERVICES:  # any service's undo can fail: each announces it on its own topic
+        assert topics.topic_for(COMPENSATION_FAILED, service).name == f"{topics.PREFIX}.{service}.events"
+    assert topics.topic_for(DEAD_LETTER, "graph") is topics.DEAD_LETTERS
 
 
 def test_progress_domain_terminal_and_dead_letters_are_routed_apart() -> None:
-    assert all(topics.topic_for(t) is topics.PROGRESS for t in PROGRESS_EVENTS)
-    assert topics.topics_for(UPLOAD_STARTED) == (topics.EVENTS,)
+    assert {topics.topic_for(t, OWNER[t]).name for t in PROGRESS_EVENTS} == {t.name for t in topics.PROGRESS_TOPICS}
+    assert topics.topics_for(UPLOAD_STARTED, "uploader") == (topics.topic_for(UPLOAD_STARTED, "uploader"),)
     for t in TERMINAL_EVENTS:
-        assert topics.topics_for(t) == (topics.EVENTS, topics.COMPLETIONS)
+        producer = OWNER.get(t, "vector")
+        assert topics.topics_for(t, producer) == (topics.topic_for(t, producer), topics.COMPLETIONS)
     assert set(topics.COMPLETIONS.carries) == TERMINAL_EVENTS
-    assert topics.topics_for(DEAD_LETTER) == (topics.DEAD_LETTERS,)
+    assert not set(PROGRESS_EVENTS) & {e for t in topics.SAGA_TOPICS for e in t.carries}
 
 
 def test_topic_layout() -> None:
-    assert [(t.name.removeprefix(topics.PREFIX), t.partitions) for t in topics.ALL_TOPICS] == [
-        (".saga.events", 6), (".saga.progress", 6), (".saga.completions", 3), (".saga.dlq", 1),
+    assert [(t.name.removeprefix(topics.PREFIX), t.partitions, t.writers) for t in topics.ALL_TOPICS] == [
+        (".submissions", 6, ("client",)),
+        *[(f".{s}.events", 6, (s,)) for s in topics.SERVICES],
+        (".uploader.progress", 6, ("uploader",)), (".vector.progress", 6, ("vector",)),
+        (".saga.completions", 3, topics.SERVICES), (".saga.dlq", 1, topics.SERVICES),
     ]
-    assert topics.PROGRESS.retention_ms < topics.EVENTS.retention_ms < topics.COMPLETIONS.retention_ms
-    assert topics.EVENTS.configs == {"retention.ms": str(topics.EVENTS.retention_ms), "cleanup.policy": "delete"}
+    events, progress = topics.SAGA_TOPICS[1], topics.PROGRESS_TOPICS[0]
+    assert progress.retention_ms < events.retention_ms < topics.COMPLETIONS.retention_ms
+    assert events.configs == {"retention.ms": str(events.retention_ms), "cleanup.policy": "delete"}
 
 
-def test_unknown_event_type_has_no_topic() -> None:
-    try:
-        topics.topic_for("Nope")
-    except KeyError as e:
-        assert "Nope" in str(e)
-    else:
-        raise AssertionError("expected KeyError")
-
-
-def test_key_is_the_document_id() -> None:
-    assert topics.key_for("3b1d7e52") == b"3b1d7e52"
+def test_an_unknown_type_or_producer_has_no_topic() -> None:
+    for event_type, producer in (("Nope", "graph"), (COMPENSATION_FAILED, "client")):
+        try:
+            topics.topic_for(event_type, producer)
+        except KeyError as e:
+            assert event_type in str(e)
+        else:
+            raise AssertionError("expected KeyError")
 
 
 def test_topic_prefix_comes_from_the_environment() -> None:
     env = {**os.environ, "UDS3_TOPIC_PREFIX": "t-42", "UDS3_TOPIC_REPLICATION": "3"}
     out = subprocess.run(
-        [sys.executable, "-c", "from services.core import topics as t; print(t.EVENTS.name, "
-                               "t.topic_for('DocumentCompleted').name, t.DEAD_LETTERS.replication_factor)"],
+        [sys.executable, "-c", "from services.core import topics as t; print(t.SUBMISSIONS.name, t.topic_for("
+                               "'DocumentCompleted', 'relational').name, t.DEAD_LETTERS.replication_factor)"],
         env=env, cwd=catalog.ROOT, capture_output=True, text=True, check=True,
     ).stdout.split()
-    assert out == ["t-42.saga.events", "t-42.saga.events", "3"]
+    assert out == ["t-42.submissions", "t-42.relational.events", "3"]
 
 
 # --- catalog -------------------------------------------------------------------------------------

@@ -264,3 +264,35 @@ def test_a_repair_redoes_a_completed_documents_forward_work_and_emits_nothing() 
     compensated.process(e, at(0))
     compensated.process(Event("DocumentCompensated", e.document_id, e.saga_id, {}), at(1))
     assert compensated.process(repair, at(2)).action == "refused" and step.calls == 2
+
+
+def test_a_trigger_that_arrives_before_an_input_it_needs_waits_for_it() -> None:
+    """Each producer has its own topic, so the graph step can see VectorsIndexed before the
+    SecurityRecorded it needs: it parks the trigger and does the work when the input arrives,
+    once, with the ids the trigger would have given it."""
+    step = Recording("graph", "Graph", "VectorsIndexed", [])
+    step.remembers = frozenset({DOCUMENT_SUBMITTED, "SecurityRecorded", "VectorsIndexed"})
+    rt = runtime_for(step)
+    e = submitted()
+    trigger = Event("VectorsIndexed", e.document_id, e.saga_id, {})
+    assert rt.process(trigger, at(0)).action == "parked"
+    assert rt.process(e, at(1)).action == "handled" and step.calls == 0  # still lacks SecurityRecorded
+    assert rt.process(trigger, at(2)).action == "parked"  # redelivered while waiting: still waiting, once
+    outcome = rt.process(Event("SecurityRecorded", e.document_id, e.saga_id, {}), at(3))
+    assert (outcome.action, outcome.emitted, step.calls) == ("handled", 1, 1)
+    log = rt.store.step_log(e.document_id)
+    assert [m["causation_id"] for m in log.emitted] == [trigger.event_id] and not log.waiting(step.reacts_to)
+    assert rt.process(trigger, at(4)).action == "duplicate" and step.calls == 1
+
+
+def test_a_parked_trigger_whose_work_fails_fails_the_step() -> None:
+    step = Recording("graph", "Graph", "VectorsIndexed", [PermanentError("no graph")])
+    step.remembers = frozenset({DOCUMENT_SUBMITTED, "VectorsIndexed"})
+    rt = runtime_for(step)
+    e = submitted()
+    trigger = Event("VectorsIndexed", e.document_id, e.saga_id, {})
+    assert rt.process(trigger, at(0)).action == "parked"
+    assert rt.process(e, at(1)).action == "handled"
+    log = rt.store.step_log(e.document_id)
+    assert [(m["event_type"], m["causation_id"]) for m in log.emitted] == [("GraphFailed", trigger.event_id)]
+    assert step.undone == 1 and log.handled(trigger.event_id)

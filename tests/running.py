@@ -1,12 +1,7 @@
-"""End-to-end fixtures: the six services as separate OS processes against the real stack."""
+"""The six services as separate OS processes against the real stack (the `services` fixture)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-
-from services.core.config import Settings
 from services.processes import ServiceProcess, start_all, stop_all
 
 
@@ -32,10 +27,3 @@ class Services:
 
     def logs(self) -> str:
         return "\n".join(f"--- {n}\n{p.log_tail(15)}" for n, p in self.procs.items())
-
-
-@pytest.fixture(scope="session")
-def services(stack: Settings, env_applied: dict[str, str]) -> Iterator[Services]:
-    running = Services(env_applied)
-    yield running
-    running.stop()

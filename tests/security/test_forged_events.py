@@ -22,9 +22,9 @@ from services.core.provision import SERVICES
 from services.core.saga import SagaReader
 from services.core.store import StepStore
 from tests.documents import paragraph, text_file
-from tests.e2e.conftest import Services
 from tests.e2e.test_bad_input import stored, terminal_events
 from tests.e2e.test_dead_letters import letters_for, produce
+from tests.running import Services
 
 pytestmark = pytest.mark.stack
 
@@ -64,13 +64,15 @@ async def test_events_that_break_a_rule_are_dead_lettered_and_touch_nothing(
                                       "security level must be one of"),
         "a key that is not its document id": (victim, _submission(str(uuid.uuid4()), source),
                                               "is not its document id"),
-        "a progress event on the events topic": (None, Event("UploadProgressed", victim, str(uuid.uuid4()), {
+        "a progress event on the uploader's events topic": (None, Event("UploadProgressed", victim, str(uuid.uuid4()), {
             "bytes_done": 1, "bytes_total": 1, "percent": 100.0, "bytes_per_second": 1.0, "eta_seconds": None}),
             "UploadProgressed does not travel on"),
     }
     origins = {}
     for case, (key, event, _) in forged.items():
-        origins[case] = (topics.EVENTS.name, *await produce(stack, key or event.document_id, codec.encode(event)))
+        owned = "UploadStarted" if event.event_type == "UploadProgressed" else event.event_type  # its producer's topic
+        topic = topics.topic_for(owned, "admin")
+        origins[case] = (topic.name, *await produce(stack, key or event.document_id, codec.encode(event), topic.name))
     for case, (_, event, reason) in forged.items():
         found = await letters_for(stack, origins[case], len(SERVICES))
         assert sorted(x.event.producer for x in found) == sorted(SERVICES), (case, services.logs())
@@ -101,8 +103,8 @@ async def test_an_ended_saga_stays_ended(services: Services, stack: Settings, ru
                                                "reason": "forged"}), "vector"),
         (Event("IntegrityVerified", doc, saga, {"sha256": "0" * 64, "chunks_checked": 1, "size_bytes": 1}), "security"),
     ]
-    for event, _ in forged:
-        await produce(stack, doc, codec.encode(event))
+    for event, _ in forged:  # each on its owner's topic: as that service's principal would publish it
+        await produce(stack, doc, codec.encode(event), topics.topic_for(event.event_type, "admin").name)
     deadline = time.monotonic() + 60
     while True:
         refused = {s: {m["event_id"] for m in StepStore(s, stack, admin=True).step_log(doc).refused}
