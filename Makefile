@@ -28,8 +28,10 @@ $(EMULATOR):
 
 up: venv
 	bash infra/stack.sh up
-	$(PY) -m services.core.provision
-	$(PY) -m services.core.topics
+	$(PY) -m services.operator.provision
+
+provision: venv
+	$(PY) -m services.operator.provision
 
 down:
 	-$(PY) -m services.cli.main services down 2>/dev/null

@@ -17,21 +17,15 @@ from types import TracebackType
 
 from eventsourcing.persistence import Tracking
 
+from services.compose import build_step
 from services.core import topics
 from services.core.config import Settings
 from services.core.events import DOCUMENT_SUBMITTED, PROGRESS_EVENTS, TERMINAL_EVENTS, Event
 from services.core.runtime import Runtime
-from services.core.step import Step
+from services.core.saga import SERVICES
 from services.core.steplog import StepLog, event_of
 from services.core.store import StepStore
-from services.graph.step import GraphStep
-from services.relational.step import RelationalStep
-from services.security.step import SecurityStep
-from services.uploader.step import UploaderStep
-from services.vector.step import VectorStep
-from services.verifier.step import VerifierStep
 
-STEPS: list[type[Step]] = [UploaderStep, VerifierStep, SecurityStep, VectorStep, GraphStep, RelationalStep]
 IN_MEMORY = {"PERSISTENCE_MODULE": "eventsourcing.popo"}
 
 
@@ -45,13 +39,13 @@ class InProcess:
 
     def __enter__(self) -> InProcess:
         try:
-            for make in STEPS:
-                step = make()
-                rt = Runtime(step, self.settings)
+            for service in SERVICES:
+                step = build_step(service)
                 env = IN_MEMORY if self.event_store == "memory" else None
-                rt.store = StepStore(step.service, self.settings, env=env)
+                store = StepStore(service, self.settings, env=env)
+                # the checkpoint records what the service does, minus the relay's publish
+                rt = Runtime(step, self.settings, store=store, checkpoint=_recorder(store))
                 step.start(self.settings)
-                rt.ctx.checkpoint = _recorder(rt.store)  # what the service does, minus the relay's publish
                 self.runtimes.append(rt)
         except BaseException:
             self.close()

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 
-from services.core import access, topics
+from services.core import topics
 from services.core.config import Settings
-from services.core.provision import create_database, drop_database
+from services.operator import access
+from services.operator.provision import create_database, drop_database
 
 
 async def create_topics(settings: Settings) -> None:

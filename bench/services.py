@@ -16,7 +16,7 @@ import time
 from types import TracebackType
 
 from bench import procfs
-from services.core.provision import SERVICES
+from services.core.saga import SERVICES
 from services.processes import ServiceProcess, stop_all
 
 ALL = list(SERVICES)

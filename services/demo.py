@@ -20,8 +20,8 @@ from PIL import Image
 
 from services.cli.main import follow, show_terminal
 from services.client import Client
-from services.core import access
 from services.core.config import Settings
+from services.operator import access
 from services.processes import running_detached, start_all, stop_all
 
 KNOWN_PASSAGE = (

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from services.core.config import REPO_ROOT
-from services.core.provision import SERVICES
+from services.core.saga import SERVICES
 
 
 def run_dir() -> Path:

@@ -54,8 +54,9 @@ def stack() -> Iterator[Settings]:
     """The real Kafka, PostgreSQL and Neo4j from infra/, with this run's database and topics."""
     if not _stack_is_up():
         subprocess.run(["bash", "infra/stack.sh", "up"], cwd=REPO_ROOT, check=True)
-    from services.core import access, topics
-    from services.core.provision import create_database, drop_database
+    from services.core import topics
+    from services.operator import access
+    from services.operator.provision import create_database, drop_database
 
     settings = Settings()
     create_database(settings)

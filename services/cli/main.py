@@ -21,9 +21,10 @@ from rich.table import Table
 
 from services.cli.ops import audit_app, dlq_app, saga_compensate, saga_retry
 from services.client import Client
-from services.core.access import client_group_prefix
+from services.core import topics
 from services.core.config import Settings
-from services.core.events import STEPS, SUCCESS_EVENT, TERMINAL_EVENTS, Event
+from services.core.events import TERMINAL_EVENTS, Event
+from services.core.saga import SAGA, STEPS
 from services.core.validation import InvalidInput, uuid_id
 
 app = typer.Typer(
@@ -144,7 +145,7 @@ async def follow(client: Client, document_id: str, since_ms: int | None) -> Even
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=err) as bars:
-        tasks = {s: bars.add_task(s, total=None, info="") for s in STEPS}
+        tasks = {s.name: bars.add_task(s.name, total=None, info="") for s in SAGA}
         async for event in client.progress(document_id, since_ms):
             update_bars(bars, tasks, event)
             if event.event_type in TERMINAL_EVENTS:
@@ -168,13 +169,13 @@ def update_bars(bars: Progress, tasks: dict[str, Any], e: Event) -> None:
             completed=p["pages_done"],
             info=f"{p['chunks_done']} chunks, {p['chunks_per_second']:.0f}/s",
         )
-    for step in STEPS:
-        if e.event_type == SUCCESS_EVENT[step]:
-            bars.update(tasks[step], total=1, completed=1, info="done")
-        elif e.event_type == f"{step}Failed":
-            bars.update(tasks[step], info=f"[red]failed: {p.get('reason', '')}[/red]")
-        elif e.event_type == f"{step}Compensated":
-            bars.update(tasks[step], info=f"[yellow]compensated: {p.get('detail', '')}[/yellow]")
+    for step in SAGA:
+        if e.event_type == step.success:
+            bars.update(tasks[step.name], total=1, completed=1, info="done")
+        elif e.event_type == step.failed:
+            bars.update(tasks[step.name], info=f"[red]failed: {p.get('reason', '')}[/red]")
+        elif e.event_type == step.compensated:
+            bars.update(tasks[step.name], info=f"[yellow]compensated: {p.get('detail', '')}[/yellow]")
 
 
 def show_terminal(e: Event) -> None:
@@ -317,8 +318,8 @@ def subscribe(
                 since_ms = int(datetime.fromisoformat(since).timestamp() * 1000)
             except ValueError as bad:
                 raise UserError(f"--since takes an ISO 8601 time, got {since!r}") from bad
-        # the only groups a client principal may join are <prefix>-client-*
-        named = group if not group or group.startswith(client_group_prefix()) else client_group_prefix() + group
+        allowed = topics.client_group_prefix()  # the only groups a client principal may join
+        named = group if not group or group.startswith(allowed) else allowed + group
         async for e in client.subscribe_completions(from_beginning, named, since_ms):
             print(
                 json.dumps(
@@ -414,7 +415,7 @@ def _known_state(document_id: str) -> Any:
 
 
 def _reader() -> Any:
-    from services.core.saga import SagaReader
+    from services.operator.state import SagaReader
 
     return SagaReader()
 

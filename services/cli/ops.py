@@ -22,19 +22,18 @@ from rich.console import Console
 from rich.table import Table
 
 from services.core.config import Settings
-from services.core.events import (
-    COMPENSATED_EVENTS,
-    COMPENSATION_FAILED,
-    FAILED_EVENTS,
-    NAMESPACE,
-    STEP_SERVICE,
-    STEPS,
-    SUCCESS_EVENT,
-    Event,
-    compensated,
-    failed,
-)
+from services.core.events import COMPENSATION_FAILED, NAMESPACE, Event
 from services.core.runtime import REDRIVE_PRODUCER, REPAIR_PRODUCER
+from services.core.saga import (
+    BY_NAME,
+    BY_SERVICE,
+    COMPENSATED_EVENTS,
+    FAILED_EVENTS,
+    SAGA,
+    after,
+    failed,
+    undo_triggers,
+)
 from services.core.validation import InvalidInput, uuid_id
 
 audit_app = typer.Typer(help="Audit trail and consistency checks.", no_args_is_help=True)
@@ -78,8 +77,8 @@ def audit_consistency(
     record all present with the same content hash. Compensated: nothing left. Anything in a
     store for a document without a saga: orphan. CompensationFailed sagas are listed as notes.
     """
-    from services.core.consistency import audit
     from services.core.errors import StepError
+    from services.operator.consistency import audit
 
     try:
         for doc in document:
@@ -109,7 +108,7 @@ def audit_consistency(
 
 # The step that writes each store a repair can rebuild from the chunk store and the event store
 # (the chunks themselves come from the source file, which may be gone: not repaired).
-REPAIRABLE = {"security": "Security", "vectors": "Vectors", "graph": "Graph", "relational": "Relational"}
+REPAIRABLE = {s.store: s for s in SAGA if s.store and s is not SAGA[0]}
 
 
 def plan_repair(state: Any, stores: Sequence[str]) -> list[Event]:
@@ -121,8 +120,8 @@ def plan_repair(state: Any, stores: Sequence[str]) -> list[Event]:
     from services.core.steplog import event_of
 
     events = []
-    for store in sorted({s for s in stores if s in REPAIRABLE}, key=lambda s: STEPS.index(REPAIRABLE[s])):
-        trigger = SUCCESS_EVENT[STEPS[STEPS.index(REPAIRABLE[store]) - 1]]
+    for store in sorted({s for s in stores if s in REPAIRABLE}, key=lambda s: SAGA.index(REPAIRABLE[s])):
+        trigger = REPAIRABLE[store].trigger
         recorded = [m for m in state.history if m["event_type"] == trigger]
         if not recorded:
             raise CannotRedrive(f"{trigger}, the input that rebuilds {store}, is not in the event store")
@@ -145,8 +144,8 @@ def audit_repair(
     """
     import time
 
-    from services.core.consistency import audit
-    from services.core.saga import SagaReader
+    from services.operator.consistency import audit
+    from services.operator.state import SagaReader
 
     try:
         docs = [uuid_id("document id", d) for d in document] or None
@@ -169,7 +168,7 @@ def audit_repair(
             continue
         for event in events:
             asyncio.run(_publish(settings, event))
-            out.print(f"{doc}: {event.event_type} re-driven to rebuild {STEP_SERVICE[_step_of(event)]}'s store")
+            out.print(f"{doc}: {event.event_type} re-driven to rebuild {_service_of(event)}'s store")
         repairs += [doc] if events else []
     if not repairs:
         out.print("nothing to repair" if report.ok else "[red]nothing that can be repaired[/red]")
@@ -186,10 +185,9 @@ def audit_repair(
     out.print(f"[green]repaired {len(repairs)} document(s): consistent[/green]")
 
 
-def _step_of(event: Event) -> str:
-    """The step a re-driven input is for: the one after the step whose success it is."""
-    done = next(s for s, e in SUCCESS_EVENT.items() if e == event.event_type)
-    return STEPS[STEPS.index(done) + 1]
+def _service_of(event: Event) -> str:
+    """The service a re-driven input is for: the one it triggers."""
+    return next(s.service for s in SAGA if s.trigger == event.event_type)
 
 
 # --- dead letters ---------------------------------------------------------------------------
@@ -366,7 +364,7 @@ def redrive_id(original_event_id: str, attempt: int) -> str:
 
 
 def plan_retry(state: Any) -> Redrive:
-    """What `saga retry` publishes for a saga (a `services.core.saga.SagaState`); pure.
+    """What `saga retry` publishes for a saga (a `services.operator.state.SagaState`); pure.
 
     * CompensationFailed: the input of the undo that failed (the next step's Failed or
       Compensated event), again, with a new id and the operator as producer: the step whose
@@ -379,13 +377,13 @@ def plan_retry(state: Any) -> Redrive:
         failures = [m for m in history if m["event_type"] == COMPENSATION_FAILED]
         last = failures[-1]
         service = last["producer"]
-        step = next((s for s, svc in STEP_SERVICE.items() if svc == service), None)
-        if step is None or STEPS.index(step) + 1 >= len(STEPS):
+        step = BY_SERVICE.get(service)
+        nxt = after(step) if step else None
+        if step is None or nxt is None:
             raise CannotRedrive(f"CompensationFailed by {service!r}: no step of the saga undoes there")
-        after = STEPS[STEPS.index(step) + 1]
-        inputs = [m for m in history if m["event_type"] in (failed(after), compensated(after))]
+        inputs = [m for m in history if m["event_type"] in undo_triggers(step)]
         if not inputs:
-            raise CannotRedrive(f"the event that started {step}'s undo ({failed(after)}) is not in the event store")
+            raise CannotRedrive(f"the event that started {step.name}'s undo ({nxt.failed}) is not in the event store")
         from services.core.steplog import event_of
 
         cause = event_of(inputs[-1])
@@ -396,7 +394,7 @@ def plan_retry(state: Any) -> Redrive:
             producer=OPERATOR,
             occurred_at=datetime.now(UTC),
         )
-        return Redrive(event, f"re-drove {step}'s undo (attempt {len(failures) + 1}) with {event.event_type} "
+        return Redrive(event, f"re-drove {step.name}'s undo (attempt {len(failures) + 1}) with {event.event_type} "
                               f"{event.event_id}")
     if state.status == "Compensating":
         chain = [m for m in history if m["event_type"] in FAILED_EVENTS | COMPENSATED_EVENTS]
@@ -425,10 +423,9 @@ def plan_compensate(state: Any, force: bool = False) -> Redrive:
     if not force:
         raise CannotRedrive("the saga is still running: pass --force to undo it anyway (only for a saga "
                             "whose current step will not finish; see docs/failure-handling.md)")
-    current = state.current_step if state.current_step in STEPS else STEPS[-1]
-    i = STEPS.index(current)
-    target = STEPS[i + 1] if i + 1 < len(STEPS) else current
-    reason = f"compensation requested by an operator while {current} was running"
+    current = BY_NAME.get(state.current_step, SAGA[-1])
+    target = (after(current) or current).name
+    reason = f"compensation requested by an operator while {current.name} was running"
     last_id = state.history[-1]["event_id"] if state.history else None
     event = Event(
         event_type=failed(target),
@@ -439,7 +436,7 @@ def plan_compensate(state: Any, force: bool = False) -> Redrive:
         causation_id=last_id,
         producer=OPERATOR,
     )
-    return Redrive(event, f"published {event.event_type} as the operator: compensation starts at {current}")
+    return Redrive(event, f"published {event.event_type} as the operator: compensation starts at {current.name}")
 
 
 async def _publish(settings: Settings, event: Event) -> None:
@@ -450,7 +447,7 @@ async def _publish(settings: Settings, event: Event) -> None:
 
 
 def _redrive(document_id: str, plan: Any) -> None:
-    from services.core.saga import SagaReader
+    from services.operator.state import SagaReader
 
     settings = Settings()
     state = SagaReader(settings).state(uuid_id("document id", document_id))

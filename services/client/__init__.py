@@ -22,9 +22,9 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from services.core import codec, topics, validation
-from services.core.access import client_group_prefix
 from services.core.config import Settings
-from services.core.events import DOCUMENT_SUBMITTED, SUBMITTER, TERMINAL_EVENTS, Event
+from services.core.events import DOCUMENT_SUBMITTED, TERMINAL_EVENTS, Event
+from services.core.saga import SUBMITTER
 
 
 @dataclass(frozen=True)
@@ -152,9 +152,10 @@ class Client:
         `since_ms` replays from a point in time instead (e.g. to feed a new downstream system).
         The client principal may join only groups named `<prefix>-client-*`.
         """
-        if group_id is not None and self.principal == SUBMITTER and not group_id.startswith(client_group_prefix()):
+        allowed = topics.client_group_prefix()
+        if group_id is not None and self.principal == SUBMITTER and not group_id.startswith(allowed):
             raise validation.InvalidInput(f"consumer group {group_id!r}: a client's groups start with "
-                                          f"{client_group_prefix()!r} (the broker's ACLs allow no other)")
+                                          f"{allowed!r} (the broker's ACLs allow no other)")
         if since_ms is not None:
             async for event in self._follow([topics.COMPLETIONS], since_ms + 5_000, None):
                 yield event

@@ -96,7 +96,7 @@ class Settings:
     def kafka(self, principal: str) -> dict[str, Any]:
         """aiokafka connection options as `principal` (a service name, "client" or "admin"):
         each process authenticates with its own SCRAM principal, whose ACLs say what it may
-        write (services/core/access.py). The password comes from UDS3_KAFKA_PASSWORD_<PRINCIPAL>;
+        write (services/operator/access.py). The password comes from UDS3_KAFKA_PASSWORD_<PRINCIPAL>;
         the default is the local stack's and is refused for a broker elsewhere."""
         password = os.environ.get(f"UDS3_KAFKA_PASSWORD_{principal.upper()}")
         if password is None:

@@ -1,4 +1,5 @@
-"""The saga's messages: one generic envelope, the event names, and the saga's step order.
+"""The saga's messages: one generic envelope and the event names (the step order and who emits
+what are in the saga table, `saga.py`).
 
 The Avro schemas in `schemas/` are the single source of truth for each event's payload;
 in Python every event is one `Event` whose `payload` holds the schema's own fields.
@@ -60,11 +61,6 @@ class Event:
         return replace(self, payload={**self.payload, **changes})
 
 
-def document_id_for(source_uri: str, submitter: str, nonce: str = "") -> str:
-    """A stable document id, so the same submission resubmitted maps to the same saga."""
-    return str(uuid.uuid5(NAMESPACE, f"document/{submitter}/{source_uri}/{nonce}"))
-
-
 # --- Event names ---------------------------------------------------------------------------
 DOCUMENT_SUBMITTED = "DocumentSubmitted"
 UPLOAD_STARTED = "UploadStarted"
@@ -82,64 +78,5 @@ DOCUMENT_COMPENSATED = "DocumentCompensated"
 COMPENSATION_FAILED = "CompensationFailed"
 DEAD_LETTER = "DeadLetter"
 
-# The saga's steps in order, by the prefix of their Failed/Compensated events.
-# Compensation walks this list backwards from the failed step.
-STEPS: tuple[str, ...] = ("Upload", "Integrity", "Security", "Vectors", "Graph", "Relational")
-
-# Which service owns each step.
-STEP_SERVICE: dict[str, str] = {
-    "Upload": "uploader",
-    "Integrity": "verifier",
-    "Security": "security",
-    "Vectors": "vector",
-    "Graph": "graph",
-    "Relational": "relational",
-}
-
-SUCCESS_EVENT: dict[str, str] = {
-    "Upload": UPLOAD_COMPLETED,
-    "Integrity": INTEGRITY_VERIFIED,
-    "Security": SECURITY_RECORDED,
-    "Vectors": VECTORS_INDEXED,
-    "Graph": GRAPH_LINKED,
-    "Relational": RELATIONAL_RECORDED,
-}
-
 PROGRESS_EVENTS = frozenset({CHUNK_STORED, UPLOAD_PROGRESSED, VECTORS_PROGRESSED})
 TERMINAL_EVENTS = frozenset({DOCUMENT_COMPLETED, DOCUMENT_COMPENSATED, COMPENSATION_FAILED})
-
-# Who submits documents: the client principal (CLI, Python API, other systems).
-SUBMITTER = "client"
-
-
-def failed(step: str) -> str:
-    return f"{step}Failed"
-
-
-def compensated(step: str) -> str:
-    return f"{step}Compensated"
-
-
-FAILED_EVENTS = frozenset(failed(s) for s in STEPS)
-COMPENSATED_EVENTS = frozenset(compensated(s) for s in STEPS)
-
-ALL_EVENT_TYPES: tuple[str, ...] = (
-    DOCUMENT_SUBMITTED, UPLOAD_STARTED, CHUNK_STORED, UPLOAD_PROGRESSED, UPLOAD_COMPLETED,
-    INTEGRITY_VERIFIED, SECURITY_RECORDED, VECTORS_PROGRESSED, VECTORS_INDEXED, GRAPH_LINKED,
-    RELATIONAL_RECORDED, DOCUMENT_COMPLETED, *sorted(FAILED_EVENTS), *sorted(COMPENSATED_EVENTS),
-    DOCUMENT_COMPENSATED, COMPENSATION_FAILED,
-)
-
-
-def _owners() -> dict[str, str]:
-    owners = {DOCUMENT_SUBMITTED: SUBMITTER, UPLOAD_STARTED: "uploader", CHUNK_STORED: "uploader",
-              UPLOAD_PROGRESSED: "uploader", VECTORS_PROGRESSED: "vector",
-              DOCUMENT_COMPLETED: STEP_SERVICE[STEPS[-1]], DOCUMENT_COMPENSATED: STEP_SERVICE[STEPS[0]]}
-    for step, service in STEP_SERVICE.items():
-        owners |= {SUCCESS_EVENT[step]: service, failed(step): service, compensated(step): service}
-    return owners
-
-
-# The one producer that may publish each event type (Kafka ACLs enforce it: each producer writes
-# only its own topics). CompensationFailed is not here: any service whose undo fails emits it.
-OWNER: dict[str, str] = _owners()

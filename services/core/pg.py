@@ -13,6 +13,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from services.core.config import Settings
 from services.core.errors import PermanentError, TransientError
 
 
@@ -48,3 +49,26 @@ class PgStore:
             raise TransientError(f"{self.name} store, {what}: {e}") from e
         except psycopg.Error as e:
             raise PermanentError(f"{self.name} store, {what}: {type(e).__name__}: {e}") from e
+
+
+class DatabaseClaimed(RuntimeError):
+    """The database serves the services of another topic prefix."""
+
+
+def check_claim(settings: Settings, service: str, prefix: str) -> None:
+    """A service's check at start: this database was provisioned for this topic prefix."""
+    with psycopg.connect(settings.pg_dsn(*settings.service_role(service))) as conn:
+        check_claim_on(conn, settings, prefix)
+
+
+def check_claim_on(conn: psycopg.Connection, settings: Settings, prefix: str) -> None:
+    try:
+        row = conn.execute("SELECT topic_prefix FROM public.uds3_deployment").fetchone()
+    except psycopg.errors.UndefinedTable:
+        row = None
+    if row is None or row[0] != prefix:
+        owner = f"topic prefix {row[0]!r}" if row else "no deployment (not provisioned)"
+        raise DatabaseClaimed(
+            f"database {settings.pg_database!r} belongs to {owner}, not {prefix!r}: give each topic prefix "
+            "its own database (UDS3_PG_DATABASE), or run `python -m services.operator.provision`"
+        )

@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
@@ -37,18 +38,10 @@ from eventsourcing.persistence import Tracking
 from services.core import codec, logs, topics, validation
 from services.core.config import Settings
 from services.core.errors import PermanentError, StepError, TransientError
-from services.core.events import (
-    COMPENSATION_FAILED,
-    DEAD_LETTER,
-    DOCUMENT_COMPENSATED,
-    DOCUMENT_COMPLETED,
-    STEPS,
-    Event,
-    compensated,
-    failed,
-)
+from services.core.events import COMPENSATION_FAILED, DEAD_LETTER, DOCUMENT_COMPENSATED, DOCUMENT_COMPLETED, Event
 from services.core.faults import FaultInjector
-from services.core.provision import check_claim
+from services.core.pg import check_claim
+from services.core.saga import STEPS, compensated, completion, failed
 from services.core.step import Context, Interrupted, Step
 from services.core.steplog import ENDINGS, StepLog, event_of, message_of
 from services.core.store import StepStore, kafka_position
@@ -145,16 +138,22 @@ class Outcome:
 
 
 class Runtime:
-    def __init__(self, step: Step, settings: Settings | None = None) -> None:
+    def __init__(self, step: Step, settings: Settings | None = None, *, store: StepStore | None = None,
+                 checkpoint: Callable[[StepLog], None] | None = None) -> None:
+        """`run()` opens the service's own event store and records checkpoints there and relays
+        them to Kafka; a harness without Kafka (tests, the in-process benchmark) passes its own
+        `store` and `checkpoint` and calls `process()`."""
         self.step = step
         self.settings = settings or Settings()
         self.log = logging.getLogger(step.service)
         self.faults = FaultInjector(step.service, self.settings.faults)
-        self.ctx = Context(self.settings)
+        self.ctx = Context(self.settings, checkpoint=checkpoint or self._checkpoint)
         self.positions: dict[TopicPartition, int | None] = {}
         self.group = f"{topics.PREFIX}-{step.service}"  # one consumer group per service
         self._flush_queued = threading.Event()
         self.store: StepStore
+        if store is not None:
+            self.store = store
         self.relay: Relay
         self.loop: asyncio.AbstractEventLoop
 
@@ -174,7 +173,7 @@ class Runtime:
         # A database that is restarting is waited for, not a reason to exit.
         while True:
             try:
-                await asyncio.to_thread(check_claim, self.settings, self.step.service)
+                await asyncio.to_thread(check_claim, self.settings, self.step.service, topics.PREFIX)
                 self.store = await asyncio.to_thread(StepStore, self.step.service, self.settings)
                 break
             except Exception as e:
@@ -201,7 +200,6 @@ class Runtime:
         await topics.wait_for_topics(self.settings, self.step.service, topics.SAGA_TOPICS)  # provisioned by admin
         await producer.start()
         self.relay = Relay(self.store, producer)
-        self.ctx.checkpoint = self._checkpoint
         try:
             await self.relay.flush()  # what a crashed run recorded but never published
             consumer.subscribe([t.name for t in topics.SAGA_TOPICS], listener=_ForgetPositions(self.positions))
@@ -313,7 +311,7 @@ class Runtime:
         """Decide, act and record, for one decoded event (runs in a worker thread)."""
         step = self.step
         forward = event.event_type in step.reacts_to
-        undo = step.next_step is not None and event.event_type in (failed(step.next_step), compensated(step.next_step))
+        undo = event.event_type in step.undone_by
         remembers = step.remembers | ENDINGS  # every step knows when its document's saga has ended
         repair = event.producer == REPAIR_PRODUCER
         if repair:  # not an input of the saga: nobody keeps it, only the step it is for acts on it
@@ -412,6 +410,10 @@ class Runtime:
         sub = log.submission()
         self.faults.maybe_fail("forward", event.document_id, _title(sub))
         self.step.handle(event, log, self.ctx)
+        if self.step.is_last and log.has_emitted(self.step.row.success) and not log.has_emitted(DOCUMENT_COMPLETED):
+            # The last step's success is the saga's: seq=1, its own deterministic id next to the step's.
+            log.emit_event(event.follow(DOCUMENT_COMPLETED, self.step.service, seq=1,
+                                        **completion(log, datetime.now(UTC))))
 
     def _fail_forward(self, event: Event, log: StepLog, err: StepError) -> None:
         """Undo this step's partial work, then start the compensation chain."""
@@ -461,7 +463,7 @@ class Runtime:
     def _fail_undo(self, event: Event, log: StepLog, err: StepError) -> None:
         """A compensation that keeps failing ends the saga in CompensationFailed (terminal)."""
         failed_step = event.payload.get("failed_step") or event.payload.get("step", "")
-        remaining = [s for s in STEPS[: self.step.index + 1]]
+        remaining = list(STEPS[: STEPS.index(self.step.step) + 1])
         logs.error(self.log, "compensation failed", doc=event.document_id, error=str(err))
         log.emit_event(
             event.follow(
@@ -524,10 +526,3 @@ class _ForgetPositions(ConsumerRebalanceListener):
 
 def _title(submission: Event | None) -> str:
     return str(submission.payload.get("title") or "") if submission else ""
-
-
-def main(make_step: Callable[[], Step]) -> None:
-    """Entry point of `python -m services.<name>`."""
-    step = make_step()
-    logs.configure(step.service)
-    asyncio.run(Runtime(step).run())

@@ -1,144 +1,145 @@
-"""The saga's state for a document, rebuilt from the six services' event stores alone (G5).
+"""The saga, declared once: which service runs each step, what starts it, what it reads, what
+it emits, and what undoes it.
 
-There is no saga table: each service's `StepLog` holds what it received and emitted, and
-the saga is their union, ordered by time. `fold()` is pure; `SagaReader` does the reading.
+Read `SAGA` top to bottom and you have the whole choreography. A step starts on its
+`trigger` (the success event of the step before it), once every event it `needs` from
+earlier producers is in its log; it emits `success` (and its `progress`); when the step after
+it fails or has compensated, it undoes its own work and emits `<Name>Compensated`. The first
+step's compensation ends the saga in `DocumentCompensated`; the last step's success ends it in
+`DocumentCompleted` (the runtime emits both, `completion` is the payload). Everything else is
+derived from this table: each service's subscriptions and undo routing (`core/step.py`), the
+topics and their writers (`core/topics.py`), the Kafka ACLs and provisioning's service list
+(`operator/`), the fold behind `uds3 saga show`, the CLI's progress bars and re-drive plans,
+and the AsyncAPI document. Adding a step is one row here plus its folder `services/<service>/`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from services.core.config import Settings
 from services.core.events import (
+    CHUNK_STORED,
     COMPENSATION_FAILED,
     DOCUMENT_COMPENSATED,
     DOCUMENT_COMPLETED,
     DOCUMENT_SUBMITTED,
+    GRAPH_LINKED,
+    INTEGRITY_VERIFIED,
     PROGRESS_EVENTS,
-    STEPS,
-    SUCCESS_EVENT,
-    TERMINAL_EVENTS,
-    compensated,
-    failed,
+    RELATIONAL_RECORDED,
+    SECURITY_RECORDED,
+    UPLOAD_COMPLETED,
+    UPLOAD_PROGRESSED,
+    UPLOAD_STARTED,
+    VECTORS_INDEXED,
+    VECTORS_PROGRESSED,
 )
-from services.core.provision import SERVICES
-from services.core.steplog import StepLog, log_id
-from services.core.store import StepStore
 
-STATUS_OF_TERMINAL = {
-    DOCUMENT_COMPLETED: "Completed",
-    DOCUMENT_COMPENSATED: "Compensated",
-    COMPENSATION_FAILED: "CompensationFailed",
-}
+if TYPE_CHECKING:
+    from services.core.steplog import StepLog
+
+# Who submits documents: the client principal (CLI, Python API, other systems).
+SUBMITTER = "client"
 
 
-@dataclass
-class SagaState:
-    document_id: str
-    saga_id: str = ""
-    status: str = "Unknown"  # Running, Compensating, Completed, Compensated, CompensationFailed
-    current_step: str = ""
-    steps: dict[str, str] = field(default_factory=dict)  # step -> done / failed / compensated
-    progress: dict[str, dict[str, Any]] = field(default_factory=dict)
-    errors: list[str] = field(default_factory=list)
-    submitted_at: str = ""
-    finished_at: str = ""
-    history: list[dict[str, Any]] = field(default_factory=list)
+@dataclass(frozen=True)
+class SagaStep:
+    name: str  # the prefix of its Failed and Compensated events
+    service: str  # its process, consumer group, Kafka principal and folder services/<service>/
+    trigger: str  # the event that starts its forward work
+    success: str  # the event that says it is done: the next step's trigger
+    needs: frozenset[str] = frozenset({DOCUMENT_SUBMITTED})  # earlier events it reads from its log
+    emits: tuple[str, ...] = ()  # other saga events it emits on the way
+    progress: tuple[str, ...] = ()  # its high-volume progress events
+    store: str | None = None  # what it writes, as `uds3 audit consistency` names it
 
     @property
-    def terminal(self) -> bool:
-        return self.status in STATUS_OF_TERMINAL.values()
+    def failed(self) -> str:
+        return f"{self.name}Failed"
+
+    @property
+    def compensated(self) -> str:
+        return f"{self.name}Compensated"
 
 
-def fold(document_id: str, messages: Iterable[dict[str, Any]]) -> SagaState:
-    """Replays a document's saga events into its state."""
-    state = SagaState(document_id)
-    seen: set[str] = set()
-    for m in causal_order(messages):
-        if m["event_id"] in seen:
-            continue
-        seen.add(m["event_id"])
-        kind = m["event_type"]
-        if kind in PROGRESS_EVENTS:
-            state.progress[kind] = m["payload"]
-            continue
-        state.history.append(m)
-        if kind == DOCUMENT_SUBMITTED and not state.saga_id:  # a resubmission joins the first saga
-            state.saga_id, state.status, state.submitted_at = m["saga_id"], "Running", m["occurred_at"]
-            state.current_step = STEPS[0]
-        for step in STEPS:
-            if kind == SUCCESS_EVENT[step]:
-                state.steps[step] = "done"
-                nxt = STEPS.index(step) + 1
-                state.current_step = STEPS[nxt] if nxt < len(STEPS) else "Finalize"
-            elif kind == failed(step):
-                state.steps[step] = "failed"
-                state.status, state.current_step = "Compensating", step
-                state.errors.append(f"{step}: {m['payload'].get('reason', '')}")
-            elif kind == compensated(step):
-                state.steps[step] = "compensated"
-                state.current_step = step
-        if kind in TERMINAL_EVENTS:
-            state.status, state.finished_at = STATUS_OF_TERMINAL[kind], m["occurred_at"]
-            if kind == COMPENSATION_FAILED:
-                state.errors.append(m["payload"].get("reason", ""))
-    return state
+SAGA: tuple[SagaStep, ...] = (
+    SagaStep("Upload", "uploader", trigger=DOCUMENT_SUBMITTED, success=UPLOAD_COMPLETED, needs=frozenset(),
+             emits=(UPLOAD_STARTED,), progress=(CHUNK_STORED, UPLOAD_PROGRESSED), store="chunks"),
+    SagaStep("Integrity", "verifier", trigger=UPLOAD_COMPLETED, success=INTEGRITY_VERIFIED),
+    SagaStep("Security", "security", trigger=INTEGRITY_VERIFIED, success=SECURITY_RECORDED, store="security"),
+    SagaStep("Vectors", "vector", trigger=SECURITY_RECORDED, success=VECTORS_INDEXED,
+             progress=(VECTORS_PROGRESSED,), store="vectors"),
+    SagaStep("Graph", "graph", trigger=VECTORS_INDEXED, success=GRAPH_LINKED,
+             needs=frozenset({DOCUMENT_SUBMITTED, SECURITY_RECORDED}), store="graph"),
+    SagaStep("Relational", "relational", trigger=GRAPH_LINKED, success=RELATIONAL_RECORDED,
+             needs=frozenset({DOCUMENT_SUBMITTED, UPLOAD_COMPLETED, SECURITY_RECORDED, VECTORS_INDEXED}),
+             store="relational"),
+)
+
+# --- derived ---------------------------------------------------------------------------------------
+STEPS: tuple[str, ...] = tuple(s.name for s in SAGA)
+SERVICES: tuple[str, ...] = tuple(s.service for s in SAGA)
+BY_NAME: dict[str, SagaStep] = {s.name: s for s in SAGA}
+BY_SERVICE: dict[str, SagaStep] = {s.service: s for s in SAGA}
+STEP_SERVICE: dict[str, str] = {s.name: s.service for s in SAGA}
+SUCCESS_EVENT: dict[str, str] = {s.name: s.success for s in SAGA}
+FIRST, LAST = SAGA[0], SAGA[-1]
 
 
-def causal_order(messages: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """By time, and by causation where times tie (the wire keeps milliseconds only); a terminal
-    event is the last of its instant (it is emitted with, or after, the step event it closes)."""
-    listed = list(messages)
-    cause = {m["event_id"]: m["causation_id"] for m in listed}
-
-    def depth(event_id: str) -> int:
-        n, seen = 0, set()
-        while (event_id := cause.get(event_id)) and event_id not in seen:  # type: ignore[assignment]
-            seen.add(event_id)
-            n += 1
-        return n
-
-    def millisecond(occurred_at: str) -> datetime:  # a copy read off Kafka has no microseconds
-        at = datetime.fromisoformat(occurred_at)
-        return at.replace(microsecond=at.microsecond // 1000 * 1000)
-
-    return sorted(listed, key=lambda m: (millisecond(m["occurred_at"]), depth(m["event_id"]),
-                                         m["event_type"] in TERMINAL_EVENTS))
+def failed(step: str) -> str:
+    return BY_NAME[step].failed
 
 
-class SagaReader:
-    """Reads every service's event store (with the admin role: this is an operator's view)."""
-
-    def __init__(self, settings: Settings | None = None) -> None:
-        self.settings = settings or Settings()
-        self.stores = {s: StepStore(s, self.settings, admin=True) for s in SERVICES}
-
-    def messages(self, document_id: str) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        for service, store in self.stores.items():
-            try:
-                log: StepLog = store.repository.get(log_id(service, document_id))
-            except Exception as e:
-                if type(e).__name__ == "AggregateNotFoundError":
-                    continue
-                raise
-            out.extend(log.received)
-            out.extend(log.emitted)
-        return out
-
-    def state(self, document_id: str) -> SagaState:
-        return fold(document_id, self.messages(document_id))
-
-    def document_ids(self) -> list[str]:
-        """Every document the uploader has seen (each saga starts there)."""
-        store = self.stores["uploader"]
-        ids = []
-        for n in store.recorder.select_notifications(start=1, limit=1_000_000, topics=[_OPENED_TOPIC]):
-            ids.append(store.mapper.to_domain_event(n).document_id)  # type: ignore[attr-defined]
-        return ids
+def compensated(step: str) -> str:
+    return BY_NAME[step].compensated
 
 
-_OPENED_TOPIC = "services.core.steplog:StepLog.Opened"
+def after(step: SagaStep) -> SagaStep | None:
+    """The step after `step`: its Failed or Compensated event makes `step` undo its work."""
+    i = SAGA.index(step)
+    return SAGA[i + 1] if i + 1 < len(SAGA) else None
+
+
+def undo_triggers(step: SagaStep) -> frozenset[str]:
+    nxt = after(step)
+    return frozenset({nxt.failed, nxt.compensated}) if nxt else frozenset()
+
+
+FAILED_EVENTS = frozenset(s.failed for s in SAGA)
+COMPENSATED_EVENTS = frozenset(s.compensated for s in SAGA)
+
+ALL_EVENT_TYPES: tuple[str, ...] = (
+    DOCUMENT_SUBMITTED,
+    *(e for s in SAGA for e in (*s.emits, *s.progress, s.success)),
+    DOCUMENT_COMPLETED, *sorted(FAILED_EVENTS), *sorted(COMPENSATED_EVENTS),
+    DOCUMENT_COMPENSATED, COMPENSATION_FAILED,
+)
+assert set(PROGRESS_EVENTS) <= set(ALL_EVENT_TYPES)
+
+
+def _owners() -> dict[str, str]:
+    owners = {DOCUMENT_SUBMITTED: SUBMITTER, DOCUMENT_COMPLETED: LAST.service, DOCUMENT_COMPENSATED: FIRST.service}
+    for s in SAGA:
+        owners |= {e: s.service for e in (*s.emits, *s.progress, s.success, s.failed, s.compensated)}
+    return owners
+
+
+# The one producer that may publish each event type (Kafka ACLs enforce it: each producer writes
+# only its own topics). CompensationFailed is not here: any service whose undo fails emits it.
+OWNER: dict[str, str] = _owners()
+
+
+def completion(log: StepLog, now: datetime) -> dict[str, Any]:
+    """The payload of `DocumentCompleted`, from what the last step has in its log (it needs the
+    submission, the security record and the vectors' counts)."""
+    submission, security, vectors = log.submission(), log.last_received(SECURITY_RECORDED), \
+        log.last_received(VECTORS_INDEXED)
+    assert submission and security and vectors, "the last step runs only once it has what it needs"
+    return {
+        "content_sha256": str(security.payload["content_sha256"]).lower(),
+        "chunk_count": vectors.payload["chunk_count"],
+        "page_count": vectors.payload["page_count"],
+        "duration_ms": max(0, int((now - submission.occurred_at).total_seconds() * 1000)),
+    }

@@ -13,7 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from services.core.config import Settings
-from services.core.events import DOCUMENT_SUBMITTED, STEPS, Event
+from services.core.events import Event
+from services.core.saga import BY_SERVICE, FIRST, LAST, SagaStep, undo_triggers
 from services.core.steplog import StepLog
 
 
@@ -43,11 +44,50 @@ class Undone:
 
 
 class Step(ABC):
-    service: str  # the process and consumer group name, e.g. "uploader"
-    step: str  # the saga step it owns, one of events.STEPS, e.g. "Upload"
-    reacts_to: frozenset[str]  # the events that start its forward work
-    remembers: frozenset[str] = frozenset({DOCUMENT_SUBMITTED})  # inputs kept in its log
+    """One service's step. What starts it, what it needs and what undoes it come from its row
+    of the saga table (`core/saga.py`), found by the service's name."""
+
+    service: str  # the process and consumer group name, e.g. "uploader": its row in the saga table
     observes: frozenset[str] = frozenset()  # inputs it only takes note of (e.g. the audit trail)
+
+    @property
+    def row(self) -> SagaStep:
+        return BY_SERVICE[self.service]
+
+    @property
+    def step(self) -> str:
+        """The saga step it owns, e.g. "Upload" (the prefix of its Failed/Compensated events)."""
+        return self.row.name
+
+    @property
+    def reacts_to(self) -> frozenset[str]:
+        """The events that start its forward work."""
+        return frozenset({self.row.trigger})
+
+    @property
+    def needs(self) -> frozenset[str]:
+        """The inputs that must be in the log before the forward work runs: each producer has
+        its own topic, so a trigger can arrive before an input it depends on (the runtime
+        parks it until they are all there)."""
+        return self.row.needs
+
+    @property
+    def remembers(self) -> frozenset[str]:
+        """The inputs kept in its log: what it needs, and its triggers."""
+        return self.row.needs | self.reacts_to
+
+    @property
+    def undone_by(self) -> frozenset[str]:
+        """The next step's Failed and Compensated events: they make this step undo its work."""
+        return undo_triggers(self.row)
+
+    @property
+    def is_first(self) -> bool:
+        return self.row is FIRST
+
+    @property
+    def is_last(self) -> bool:
+        return self.row is LAST
 
     def start(self, settings: Settings) -> None:  # noqa: B027 - optional hook
         """Open connections (called once, before consuming)."""
@@ -69,23 +109,3 @@ class Step(ABC):
     @abstractmethod
     def undo(self, log: StepLog, ctx: Context) -> Undone:
         """Remove everything this step wrote for the document (idempotent; may find nothing)."""
-
-    @property
-    def needs(self) -> frozenset[str]:
-        """The inputs that must be in the log before the forward work runs: each producer has
-        its own topic, so a trigger can arrive before an input it depends on (the runtime
-        parks it until they are all there)."""
-        return self.remembers - self.reacts_to
-
-    # --- position in the saga ------------------------------------------------------------
-    @property
-    def index(self) -> int:
-        return STEPS.index(self.step)
-
-    @property
-    def is_first(self) -> bool:
-        return self.index == 0
-
-    @property
-    def next_step(self) -> str | None:
-        return STEPS[self.index + 1] if self.index + 1 < len(STEPS) else None

@@ -10,12 +10,12 @@ order (G6); across producers the services order by causation (a step waits for i
 Environment: ``UDS3_TOPIC_PREFIX`` (default "uds3", lets tests isolate their topics) and
 ``UDS3_TOPIC_REPLICATION`` (default 1, for the local single-broker stack).
 
-    python -m services.core.topics   # create the principals, missing topics and ACLs (admin)
+Provisioning (`python -m services.operator.provision`, as the admin principal) creates the
+topics, the principals and their ACLs; services only wait for their topics to exist.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import os
@@ -28,21 +28,12 @@ from aiokafka.errors import TopicAlreadyExistsError, for_code
 from aiokafka.structs import ConsumerRecord
 
 from services.core.config import Settings
-from services.core.events import (
-    ALL_EVENT_TYPES,
-    COMPENSATION_FAILED,
-    DEAD_LETTER,
-    OWNER,
-    PROGRESS_EVENTS,
-    STEP_SERVICE,
-    SUBMITTER,
-    TERMINAL_EVENTS,
-)
+from services.core.events import COMPENSATION_FAILED, DEAD_LETTER, PROGRESS_EVENTS, TERMINAL_EVENTS
+from services.core.saga import ALL_EVENT_TYPES, OWNER, SERVICES, SUBMITTER
 
 log = logging.getLogger(__name__)
 
 DAY_MS = 24 * 60 * 60 * 1000
-SERVICES: tuple[str, ...] = tuple(STEP_SERVICE.values())
 
 
 @dataclass(frozen=True)
@@ -118,6 +109,11 @@ SUBMISSIONS, COMPLETIONS, DEAD_LETTERS = ALL_TOPICS[0], ALL_TOPICS[-2], ALL_TOPI
 # What the services consume: every saga event, from every producer (no progress).
 SAGA_TOPICS: tuple[Topic, ...] = tuple(t for t in ALL_TOPICS if t.name.endswith((".events", ".submissions")))
 PROGRESS_TOPICS: tuple[Topic, ...] = tuple(t for t in ALL_TOPICS if t.name.endswith(".progress"))
+
+
+def client_group_prefix(prefix: str = PREFIX) -> str:
+    """The consumer groups a client may join (e.g. a downstream subscriber of completions)."""
+    return f"{prefix}-client-"
 
 
 def topic_for(event_type: str, producer: str, topics: Iterable[Topic] = ALL_TOPICS) -> Topic:
@@ -221,9 +217,22 @@ async def ensure_topics(settings: Settings, topics: Iterable[Topic] = ALL_TOPICS
             if count != wanted[name].partitions:
                 log.warning("topic %s has %d partitions, the registry says %d",
                             name, count, wanted[name].partitions)
-        return created
     finally:
         await admin.close()
+    await _wait_until_served(settings, partitions)
+    return created
+
+
+async def _wait_until_served(settings: Settings, partitions: dict[str, int]) -> None:
+    """The metadata names a leader before the broker has created the partition's log (a busy
+    broker takes seconds for dozens of new partitions): ask every partition for its end offset,
+    which the consumer retries until the leader really serves it."""
+    consumer = AIOKafkaConsumer(**settings.kafka("admin"))
+    await consumer.start()
+    try:
+        await consumer.end_offsets([TopicPartition(name, p) for name, n in partitions.items() for p in range(n)])
+    finally:
+        await consumer.stop()
 
 
 async def wait_for_topics(settings: Settings, principal: str, topics: Iterable[Topic], timeout_s: float = 60.0) -> None:
@@ -257,20 +266,3 @@ async def _wait_for_leaders(admin: AIOKafkaAdminClient, names: set[str], timeout
 
 def _have_leaders(partitions: list[dict[str, int]]) -> bool:
     return all(p["leader"] >= 0 for p in partitions)
-
-
-def main(argv: list[str] | None = None) -> None:
-    from services.core import access
-
-    parser = argparse.ArgumentParser(
-        prog="python -m services.core.topics",
-        description="Create the deployment's Kafka principals, missing topics and ACLs (idempotent; as admin).")
-    parser.parse_args(argv)
-    created = asyncio.run(access.provision_kafka(Settings()))
-    for topic in ALL_TOPICS:
-        state = "created" if topic.name in created else "exists"
-        print(f"{topic.name}: {topic.partitions} partitions, {state}; written by {', '.join(topic.writers)}")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,4 +1,3 @@
-from services.core.runtime import main
-from services.graph.step import GraphStep
+from services.compose import main
 
-main(GraphStep)
+main("graph")

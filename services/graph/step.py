@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from services.core.config import Settings
 from services.core.errors import PermanentError
-from services.core.events import DOCUMENT_SUBMITTED, GRAPH_LINKED, SECURITY_RECORDED, VECTORS_INDEXED, Event
+from services.core.events import GRAPH_LINKED, SECURITY_RECORDED, Event
 from services.core.step import Context, Step, Undone
 from services.core.steplog import StepLog
 from services.graph.adapters import GraphStore
@@ -20,9 +20,6 @@ from services.graph.plan import plan_for
 
 class GraphStep(Step):
     service = "graph"
-    step = "Graph"
-    reacts_to = frozenset({VECTORS_INDEXED})
-    remembers = frozenset({DOCUMENT_SUBMITTED, SECURITY_RECORDED, VECTORS_INDEXED})
 
     def __init__(self, store: GraphStore | None = None) -> None:
         self.store = store

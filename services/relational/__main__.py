@@ -1,4 +1,3 @@
-from services.core.runtime import main
-from services.relational.step import RelationalStep
+from services.compose import main
 
-main(RelationalStep)
+main("relational")

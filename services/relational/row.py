@@ -74,13 +74,3 @@ def document_row(submission: Event | None, upload: Event | None, security: Event
         submitted_at=f["DocumentSubmitted"].occurred_at,
         completed_at=now,
     )
-
-
-def completion(row: DocumentRow, now: datetime) -> dict[str, Any]:
-    """The DocumentCompleted payload: what landed, and how long the saga took."""
-    return {
-        "content_sha256": row.content_sha256,
-        "chunk_count": row.chunk_count,
-        "page_count": row.page_count,
-        "duration_ms": max(0, int((now - row.submitted_at).total_seconds() * 1000)),
-    }

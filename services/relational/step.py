@@ -1,8 +1,8 @@
 """Step 8, relational insert (and step 9, finalize): the document's metadata row.
 
 Forward: build the row from the events the service remembers (pure, `row.py`), upsert it
-by document id, emit RelationalRecorded and then DocumentCompleted: this is the saga's
-last step, so its success is the saga's completion. Undo: delete the row.
+by document id, emit RelationalRecorded: this is the saga's last step, so the runtime then
+emits DocumentCompleted. Undo: delete the row.
 """
 
 from __future__ import annotations
@@ -12,9 +12,6 @@ from datetime import UTC, datetime
 from services.core.config import Settings
 from services.core.errors import PermanentError
 from services.core.events import (
-    DOCUMENT_COMPLETED,
-    DOCUMENT_SUBMITTED,
-    GRAPH_LINKED,
     RELATIONAL_RECORDED,
     SECURITY_RECORDED,
     UPLOAD_COMPLETED,
@@ -24,15 +21,11 @@ from services.core.events import (
 from services.core.step import Context, Step, Undone
 from services.core.steplog import StepLog
 from services.relational.adapters import DocumentsTable
-from services.relational.row import TABLE, completion, document_row
+from services.relational.row import TABLE, document_row
 
 
 class RelationalStep(Step):
     service = "relational"
-    step = "Relational"
-    reacts_to = frozenset({GRAPH_LINKED})
-    remembers = frozenset({DOCUMENT_SUBMITTED, UPLOAD_COMPLETED, SECURITY_RECORDED, VECTORS_INDEXED,
-                           GRAPH_LINKED})
 
     def __init__(self, table: DocumentsTable | None = None) -> None:
         self.table = table
@@ -57,8 +50,6 @@ class RelationalStep(Step):
                            log.last_received(SECURITY_RECORDED), log.last_received(VECTORS_INDEXED), now)
         self._table().upsert(row)
         log.emit_event(event.follow(RELATIONAL_RECORDED, self.service, table=TABLE, row_id=row.document_id))
-        # seq=1: a second event caused by the same input still gets its own deterministic id
-        log.emit_event(event.follow(DOCUMENT_COMPLETED, self.service, seq=1, **completion(row, now)))
 
     def undo(self, log: StepLog, ctx: Context) -> Undone:
         removed = self._table().delete(log.document_id)

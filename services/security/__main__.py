@@ -1,4 +1,3 @@
-from services.core.runtime import main
-from services.security.step import SecurityStep
+from services.compose import main
 
-main(SecurityStep)
+main("security")

@@ -15,15 +15,8 @@ from typing import Any
 
 from services.core.config import Settings
 from services.core.errors import PermanentError
-from services.core.events import (
-    ALL_EVENT_TYPES,
-    DOCUMENT_SUBMITTED,
-    INTEGRITY_VERIFIED,
-    NAMESPACE,
-    PROGRESS_EVENTS,
-    SECURITY_RECORDED,
-    Event,
-)
+from services.core.events import NAMESPACE, PROGRESS_EVENTS, SECURITY_RECORDED, Event
+from services.core.saga import ALL_EVENT_TYPES
 from services.core.step import Context, Step, Undone
 from services.core.steplog import StepLog
 from services.security.adapters import AuditDraft, Identity, SecurityStore
@@ -75,9 +68,6 @@ def removal_note(document_id: str, removed: dict[str, Any]) -> AuditDraft:
 
 class SecurityStep(Step):
     service = "security"
-    step = "Security"
-    reacts_to = frozenset({INTEGRITY_VERIFIED})
-    remembers = frozenset({DOCUMENT_SUBMITTED, INTEGRITY_VERIFIED})
     # The audit trail covers every saga event of a document except progress ticks.
     observes = frozenset(t for t in ALL_EVENT_TYPES if t not in PROGRESS_EVENTS)
 

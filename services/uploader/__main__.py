@@ -1,4 +1,3 @@
-from services.core.runtime import main
-from services.uploader.step import UploaderStep
+from services.compose import main
 
-main(UploaderStep)
+main("uploader")

@@ -13,7 +13,6 @@ from services.core.chunkstore import ChunkRef, ChunkStore
 from services.core.config import Settings
 from services.core.events import (
     CHUNK_STORED,
-    DOCUMENT_SUBMITTED,
     NAMESPACE,
     UPLOAD_COMPLETED,
     UPLOAD_PROGRESSED,
@@ -31,8 +30,6 @@ logger = logging.getLogger("uploader")
 
 class UploaderStep(Step):
     service = "uploader"
-    step = "Upload"
-    reacts_to = frozenset({DOCUMENT_SUBMITTED})
 
     def start(self, settings: Settings) -> None:
         self.chunks = ChunkStore(settings.chunk_store_dir)

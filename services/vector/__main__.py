@@ -1,4 +1,3 @@
-from services.core.runtime import main
-from services.vector.step import VectorStep
+from services.compose import main
 
-main(VectorStep)
+main("vector")

@@ -19,7 +19,7 @@ from services.core import logs
 from services.core.chunkstore import ChunkStore
 from services.core.config import Settings
 from services.core.errors import PermanentError
-from services.core.events import SECURITY_RECORDED, VECTORS_INDEXED, VECTORS_PROGRESSED, Event
+from services.core.events import VECTORS_INDEXED, VECTORS_PROGRESSED, Event
 from services.core.step import Context, Step, Undone
 from services.core.steplog import StepLog
 from services.vector.adapters import TEXT_MAX, VectorIndex, chunk_key
@@ -41,8 +41,6 @@ logger = logging.getLogger("vector")
 
 class VectorStep(Step):
     service = "vector"
-    step = "Vectors"
-    reacts_to = frozenset({SECURITY_RECORDED})
 
     def start(self, settings: Settings) -> None:
         self.chunks = ChunkStore(settings.chunk_store_dir)

@@ -1,4 +1,3 @@
-from services.core.runtime import main
-from services.verifier.step import VerifierStep
+from services.compose import main
 
-main(VerifierStep)
+main("verifier")

@@ -7,7 +7,7 @@ import hashlib
 from services.core.chunkstore import ChunkStore
 from services.core.config import Settings
 from services.core.errors import PermanentError
-from services.core.events import DOCUMENT_SUBMITTED, INTEGRITY_VERIFIED, UPLOAD_COMPLETED, Event
+from services.core.events import INTEGRITY_VERIFIED, Event
 from services.core.step import Context, Step, Undone
 from services.core.steplog import StepLog
 
@@ -18,9 +18,6 @@ class IntegrityMismatch(PermanentError):
 
 class VerifierStep(Step):
     service = "verifier"
-    step = "Integrity"
-    reacts_to = frozenset({UPLOAD_COMPLETED})
-    remembers = frozenset({DOCUMENT_SUBMITTED})
 
     def start(self, settings: Settings) -> None:
         self.chunks = ChunkStore(settings.chunk_store_dir)

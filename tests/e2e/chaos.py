@@ -11,7 +11,7 @@ restarts it, then waits for every saga's terminal event and checks:
 * lost: a saga with no terminal event (G1);
 * unexpected: a terminal event other than the document's expected one (a good document that
   did not complete, a failing one that did not compensate from its step);
-* violations: the consistency audit (services.core.consistency, G2) over every document of
+* violations: the consistency audit (services.operator.consistency, G2) over every document of
   the run, plus the audit trail's hash chain;
 * duplicate effects (G3): a document with terminal events of different ids on the
   completions topic, or any (document, event type) published with different event ids.
@@ -161,7 +161,7 @@ class Fleet:
     """The six services of this run, one process each, with their logs in the run folder."""
 
     def __init__(self, env: dict[str, str], folder: Path, static: bool = True) -> None:
-        from services.core.provision import SERVICES
+        from services.core.saga import SERVICES
 
         # Static group membership (UDS3_GROUP_INSTANCE): a restarted service takes its partitions
         # back at once; without it, each kill stalls that service's group for the session timeout
@@ -337,9 +337,9 @@ async def terminal_events(settings: Any) -> dict[str, list[Any]]:
 # --- the run ----------------------------------------------------------------------------------
 async def run(args: argparse.Namespace, env: dict[str, str], folder: Path) -> Results:
     from services.client import Client
-    from services.core import access
     from services.core.config import Settings
-    from services.core.provision import create_database
+    from services.operator import access
+    from services.operator.provision import create_database
 
     rng = random.Random(args.seed)
     results = Results(sagas=args.sagas)
@@ -412,9 +412,9 @@ async def judge(docs: list[Doc], settings: Any, results: Results) -> None:
 
     from services.core import codec, topics
     from services.core.chunkstore import ChunkStore
-    from services.core.consistency import gather
     from services.core.errors import TransientError
     from services.core.events import DOCUMENT_SUBMITTED
+    from services.operator.consistency import gather
     from services.security.audit import verify_audit
 
     ended = await terminal_events(settings)
@@ -453,7 +453,7 @@ async def judge(docs: list[Doc], settings: Any, results: Results) -> None:
             results.duplicates.append(f"{doc_id}: {kind} published with {len(found)} different event ids")
 
     # G2: the consistency audit over this run's documents (and whatever its own stores hold)
-    from services.core.consistency import check
+    from services.operator.consistency import check
     from services.vector.adapters import VectorIndex
 
     scope = {d.document_id for d in docs} | set(ChunkStore(settings.chunk_store_dir).documents())
@@ -547,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
     if results.ok and not args.keep:
         from services.core import topics
         from services.core.config import Settings
-        from services.core.provision import drop_database
+        from services.operator.provision import drop_database
 
         shutil.rmtree(folder, ignore_errors=True)
         drop_database(Settings())

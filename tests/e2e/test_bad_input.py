@@ -20,8 +20,8 @@ from services.core import codec, topics
 from services.core.config import Settings
 from services.core.errors import TransientError
 from services.core.events import DOCUMENT_COMPENSATED, DOCUMENT_COMPLETED, DOCUMENT_SUBMITTED, Event
-from services.core.saga import SagaReader
 from services.core.store import StepStore
+from services.operator.state import SagaReader
 from tests.documents import paragraph, pdf_file, text_file
 from tests.e2e.stores import Footprint, footprint
 from tests.running import Services

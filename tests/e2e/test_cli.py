@@ -14,7 +14,7 @@ import pytest
 
 from services.client import Client
 from services.core.config import REPO_ROOT
-from services.core.saga import SagaReader
+from services.operator.state import SagaReader
 from tests.documents import paragraph, text_file
 from tests.running import Services
 

@@ -21,7 +21,7 @@ from services.client import Client
 from services.core import codec, topics
 from services.core.config import Settings
 from services.core.events import DOCUMENT_COMPLETED, DOCUMENT_SUBMITTED, Event
-from services.core.provision import SERVICES
+from services.core.saga import SERVICES
 from tests.documents import paragraph, text_file
 from tests.running import Services
 

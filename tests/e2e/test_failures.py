@@ -26,19 +26,9 @@ from services.cli.ops import audit_app, saga_compensate, saga_retry
 from services.client import Client, Submission
 from services.core.chunkstore import ChunkStore
 from services.core.config import Settings
-from services.core.events import (
-    COMPENSATED_EVENTS,
-    COMPENSATION_FAILED,
-    DOCUMENT_COMPENSATED,
-    DOCUMENT_COMPLETED,
-    FAILED_EVENTS,
-    STEPS,
-    TERMINAL_EVENTS,
-    Event,
-    compensated,
-    failed,
-)
-from services.core.saga import SagaReader
+from services.core.events import COMPENSATION_FAILED, DOCUMENT_COMPENSATED, DOCUMENT_COMPLETED, TERMINAL_EVENTS, Event
+from services.core.saga import COMPENSATED_EVENTS, FAILED_EVENTS, STEPS, compensated, failed
+from services.operator.state import SagaReader
 from services.processes import ServiceProcess
 from services.security.audit import verify_audit
 from tests.documents import paragraph, pdf_file, text_file

@@ -14,8 +14,8 @@ from aiokafka.errors import KafkaError
 from services.client import Client, Submission
 from services.core import codec, topics
 from services.core.config import Settings
-from services.core.provision import SERVICES
-from services.core.saga import SagaReader
+from services.core.saga import SERVICES
+from services.operator.state import SagaReader
 from tests.documents import paragraph, pdf_file, text_file
 from tests.e2e.stores import footprint
 from tests.running import Services

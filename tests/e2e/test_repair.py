@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from services.core.config import Settings
-from services.core.consistency import audit
-from services.core.saga import SagaReader
 from services.core.store import StepStore
 from services.graph.adapters import GraphStore
+from services.operator.consistency import audit
+from services.operator.state import SagaReader
 from services.vector.adapters import VectorIndex
 from tests.e2e.test_bad_input import stored, terminal_events
 from tests.e2e.test_cli import uds3

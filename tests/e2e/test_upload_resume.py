@@ -23,13 +23,14 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from services.core import access, codec, topics
+from services.core import codec, topics
 from services.core.chunkstore import ChunkStore
 from services.core.config import Settings
 from services.core.events import CHUNK_STORED, DOCUMENT_SUBMITTED, UPLOAD_COMPLETED, UPLOAD_STARTED, Event
-from services.core.provision import create_database, drop_database
 from services.core.steplog import StepLog
 from services.core.store import StepStore
+from services.operator import access
+from services.operator.provision import create_database, drop_database
 from services.processes import ServiceProcess
 
 pytestmark = pytest.mark.stack

@@ -18,8 +18,8 @@ from fpdf import FPDF
 from services.client import Client
 from services.core.config import Settings
 from services.core.events import DOCUMENT_COMPENSATED, DOCUMENT_COMPLETED, VECTORS_INDEXED, VECTORS_PROGRESSED, Event
-from services.core.saga import SagaReader
 from services.core.store import StepStore
+from services.operator.state import SagaReader
 from services.vector.adapters import VectorIndex
 from services.vector.embedding import load_embedder
 from services.vector.text import chunk_pages, iter_pdf_pages, iter_text_blocks

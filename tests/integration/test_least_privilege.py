@@ -9,7 +9,7 @@ import pytest
 from psycopg import errors, sql
 
 from services.core.config import Settings
-from services.core.provision import SERVICES
+from services.core.saga import SERVICES
 
 pytestmark = pytest.mark.stack
 
@@ -110,13 +110,14 @@ def test_relational_role_upserts_and_deletes(connect) -> None:
 def test_a_database_serves_one_topic_prefix(settings: Settings, connect) -> None:
     """Services of another prefix on this database would relay (steal) its events: refused."""
     from services.core import topics
-    from services.core.provision import DatabaseClaimed, check_claim, provision
+    from services.core.pg import DatabaseClaimed, check_claim
+    from services.operator.provision import provision
 
     for service in SERVICES:
-        check_claim(settings, service)  # this run's prefix: accepted
+        check_claim(settings, service, topics.PREFIX)  # this run's prefix: accepted
     with pytest.raises(DatabaseClaimed, match=f"belongs to topic prefix '{topics.PREFIX}', not 'elsewhere'"):
         check_claim(settings, "graph", prefix="elsewhere")
     with pytest.raises(DatabaseClaimed):
         provision(settings, prefix="elsewhere")
     assert refused(connect("uploader"), "UPDATE public.uds3_deployment SET topic_prefix = 'elsewhere'")
-    check_claim(settings, "uploader")  # unchanged by the attempts
+    check_claim(settings, "uploader", topics.PREFIX)  # unchanged by the attempts

@@ -83,20 +83,19 @@ class Harness:
         self.checkpoints.append(hook)
 
 
-def harness(step: Step, settings: Settings, *, started: bool = False) -> Harness:
+def harness(step: Step, settings: Settings, *, started: bool = False, store: StepStore | None = None) -> Harness:
+    """`store`: another harness's event store, as a restarted service finds it."""
     if not started:
         step.start(settings)
-    runtime = Runtime(step, settings)
-    runtime.store = StepStore(step.service, env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
-    h = Harness(runtime)
+    store = store or StepStore(step.service, env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
+    hooks: list[Callable[[StepLog], None]] = []
 
     def checkpoint(log: StepLog) -> None:
-        for hook in h.checkpoints:
+        for hook in hooks:
             hook(log)
-        runtime.store.record(log)  # what Runtime._checkpoint does, minus the Kafka relay
+        store.record(log)  # what Runtime._checkpoint does, minus the Kafka relay
 
-    runtime.ctx.checkpoint = checkpoint
-    return h
+    return Harness(Runtime(step, settings, store=store, checkpoint=checkpoint), checkpoints=hooks)
 
 
 def make_settings(tmp: Path, **changes: object) -> Settings:
@@ -471,8 +470,7 @@ def test_a_resumed_upload_keeps_the_chunk_size_it_started_with(tmp_path: Path) -
     with pytest.raises(Crash):
         uploader.feed(sub, offset=1)
     # The service restarts with another UDS3_CHUNK_BYTES; the event store keeps the upload's own.
-    restarted = harness(UploaderStep(), make_settings(tmp_path, chunk_bytes=100_000))
-    restarted.runtime.store = uploader.runtime.store
+    restarted = harness(UploaderStep(), make_settings(tmp_path, chunk_bytes=100_000), store=uploader.runtime.store)
     restarted.feed(sub, offset=1)
     done = restarted.last(sub.document_id, UPLOAD_COMPLETED).payload
     assert done["chunk_count"] == 8

@@ -1,5 +1,5 @@
 """The broker decides who may publish what: every client authenticates (SASL/SCRAM) and the
-KRaft authorizer allows only the ACLs of `services/core/access.py`. Each case ends with the
+KRaft authorizer allows only the ACLs of `services/operator/access.py`. Each case ends with the
 victim document exactly as it was and the audit of the stores clean."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from aiokafka.errors import GroupAuthorizationFailedError, KafkaConnectionError,
 
 from services.core import codec, topics
 from services.core.config import Settings
-from services.core.consistency import audit
 from services.core.events import DOCUMENT_COMPLETED, Event
-from services.core.saga import SagaReader
+from services.operator.consistency import audit
+from services.operator.state import SagaReader
 from tests.e2e.test_bad_input import stored, terminal_events
 from tests.e2e.test_dead_letters import letters_for
 from tests.running import Services

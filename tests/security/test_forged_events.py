@@ -18,9 +18,9 @@ from services.client import Client
 from services.core import codec, topics
 from services.core.config import Settings
 from services.core.events import DOCUMENT_COMPLETED, DOCUMENT_SUBMITTED, Event
-from services.core.provision import SERVICES
-from services.core.saga import SagaReader
+from services.core.saga import SERVICES
 from services.core.store import StepStore
+from services.operator.state import SagaReader
 from tests.documents import paragraph, text_file
 from tests.e2e.test_bad_input import stored, terminal_events
 from tests.e2e.test_dead_letters import letters_for, produce

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from services.core import access, topics
-from services.core.events import OWNER, SUBMITTER
+from services.core import topics
+from services.core.saga import OWNER, SUBMITTER
+from services.operator import access
 
 
 def writes(principal: str) -> set[str]:

@@ -9,18 +9,19 @@ from typing import Any
 
 import yaml
 
-from services.core import catalog, codec, topics
+from services.core import codec, topics
 from services.core.events import (
     COMPENSATION_FAILED,
     DEAD_LETTER,
     DOCUMENT_COMPLETED,
-    OWNER,
     PROGRESS_EVENTS,
     TERMINAL_EVENTS,
     UPLOAD_STARTED,
 )
+from services.core.saga import OWNER
+from services.operator import catalog
 
-REGENERATE = "out of date: run `.venv/bin/python -m services.core.catalog` and commit docs/"
+REGENERATE = "out of date: run `.venv/bin/python -m services.operator.catalog` and commit docs/"
 
 
 # --- topics --------------------------------------------------------------------------------------

@@ -14,14 +14,9 @@ import pytest
 
 from services.core import codec
 from services.core.codec import InvalidEvent, SchemaError, UndecodableEvent
-from services.core.compat import samples
-from services.core.events import (
-    ALL_EVENT_TYPES,
-    CHUNK_STORED,
-    DEAD_LETTER,
-    DOCUMENT_SUBMITTED,
-    Event,
-)
+from services.core.events import CHUNK_STORED, DEAD_LETTER, DOCUMENT_SUBMITTED, Event
+from services.core.saga import ALL_EVENT_TYPES
+from services.operator.compat import samples
 
 T0 = datetime(2025, 3, 1, 12, 30, 15, 123000, tzinfo=UTC)
 CHUNK = {"operation_id": "op-1", "index": 3, "offset": 15 * 2**20, "length": 5 * 2**20, "sha256": "ab" * 32}

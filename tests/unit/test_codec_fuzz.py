@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 from services.core import codec
 from services.core.codec import InvalidEvent, UndecodableEvent
-from services.core.compat import samples
 from services.core.events import Event
+from services.operator.compat import samples
 
 FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 TYPES = sorted(codec.event_types())

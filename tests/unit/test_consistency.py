@@ -18,10 +18,10 @@ from services.cli.ops import (
     plan_retry,
     redrive_id,
 )
-from services.core.consistency import Held, Inventory, SagaFacts, check, saga_facts
 from services.core.events import DEAD_LETTER, Event
 from services.core.runtime import REDRIVE_PRODUCER
-from services.core.saga import fold
+from services.operator.consistency import Held, Inventory, SagaFacts, check, saga_facts
+from services.operator.state import fold
 
 SHA = "ab" * 32
 OTHER = "cd" * 32
@@ -279,7 +279,7 @@ def test_an_undo_that_ended_in_compensation_failed_runs_again_only_for_an_operat
             self.undone += 1
             return Undone("deleted", 1)
 
-    step = Flaky("graph", "Graph", "VectorsIndexed", [])
+    step = Flaky("graph", [])
     rt = runtime_for(step)
     sub = submitted()
     rt.process(sub, at(0))

@@ -14,7 +14,9 @@ from services.core.events import (
     VECTORS_INDEXED,
     Event,
 )
-from services.relational.row import COMPLETED, completion, document_row
+from services.core.saga import completion
+from services.core.steplog import StepLog, message_of
+from services.relational.row import COMPLETED, document_row
 
 SHA = "cd" * 32
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -41,8 +43,11 @@ def test_row_from_events() -> None:
         "security_level": "public", "metadata": {"k": "v"}, "status": COMPLETED, "submitted_at": T0,
         "completed_at": now,
     }
-    assert completion(row, now) == {"content_sha256": SHA, "chunk_count": 9, "page_count": 3,
-                                    "duration_ms": 5000}
+    log = StepLog("relational", "doc-1")
+    for e in facts():
+        log.receive(message_of(e))
+    assert completion(log, now) == {"content_sha256": SHA, "chunk_count": 9, "page_count": 3,
+                                    "duration_ms": 5000}  # the runtime's DocumentCompleted agrees with the row
 
 
 def test_disagreeing_hashes_are_refused() -> None:

@@ -17,10 +17,10 @@ from services.core.store import OUTBOX, StepStore
 
 
 class Recording(Step):
-    """A step whose forward work and undo are scripted by the test."""
+    """A service's step whose forward work and undo are scripted by the test."""
 
-    def __init__(self, service: str, step: str, reacts_to: str, script: list[Exception | None]) -> None:
-        self.service, self.step, self.reacts_to = service, step, frozenset({reacts_to})
+    def __init__(self, service: str, script: list[Exception | None]) -> None:
+        self.service = service  # its row of the saga table: trigger, needs, undo
         self.script = script
         self.undone = 0
         self.calls = 0
@@ -38,9 +38,8 @@ class Recording(Step):
 
 
 def runtime_for(step: Step, **settings: object) -> Runtime:
-    rt = Runtime(step, Settings(step_deadline_s=2, retry_base_s=0.001, **settings))  # type: ignore[arg-type]
-    rt.store = StepStore(step.service, env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
-    return rt
+    return Runtime(step, Settings(step_deadline_s=2, retry_base_s=0.001, **settings),  # type: ignore[arg-type]
+                   store=StepStore(step.service, env={"PERSISTENCE_MODULE": "eventsourcing.popo"}))
 
 
 def submitted(doc: str | None = None) -> Event:
@@ -57,7 +56,7 @@ def emitted_types(rt: Runtime, doc: str) -> list[str]:
 
 
 def test_handled_event_records_output_and_position_together() -> None:
-    rt = runtime_for(Recording("uploader", "Upload", DOCUMENT_SUBMITTED, []))
+    rt = runtime_for(Recording("uploader", []))
     e = submitted()
     assert rt.process(e, at(0)).action == "handled"
     assert emitted_types(rt, e.document_id) == ["UploadDone"]
@@ -65,7 +64,7 @@ def test_handled_event_records_output_and_position_together() -> None:
 
 
 def test_redelivered_event_at_same_offset_changes_nothing() -> None:
-    step = Recording("uploader", "Upload", DOCUMENT_SUBMITTED, [])
+    step = Recording("uploader", [])
     rt = runtime_for(step)
     e = submitted()
     rt.process(e, at(0))
@@ -75,7 +74,7 @@ def test_redelivered_event_at_same_offset_changes_nothing() -> None:
 
 
 def test_duplicate_event_at_new_offset_is_recognised_by_its_id() -> None:
-    step = Recording("uploader", "Upload", DOCUMENT_SUBMITTED, [])
+    step = Recording("uploader", [])
     rt = runtime_for(step)
     e = submitted()
     rt.process(e, at(0))
@@ -85,7 +84,7 @@ def test_duplicate_event_at_new_offset_is_recognised_by_its_id() -> None:
 
 
 def test_transient_errors_are_retried_without_compensating() -> None:
-    step = Recording("uploader", "Upload", DOCUMENT_SUBMITTED, [TransientError("down"), TransientError("down")])
+    step = Recording("uploader", [TransientError("down"), TransientError("down")])
     rt = runtime_for(step)
     e = submitted()
     rt.process(e, at(0))
@@ -95,7 +94,7 @@ def test_transient_errors_are_retried_without_compensating() -> None:
 
 
 def test_transient_past_the_deadline_fails_the_step() -> None:
-    step = Recording("uploader", "Upload", DOCUMENT_SUBMITTED, [TransientError("down")] * 10_000)
+    step = Recording("uploader", [TransientError("down")] * 10_000)
     rt = runtime_for(step)
     rt.settings = Settings(step_deadline_s=0.05, retry_base_s=0.001)
     e = submitted()
@@ -106,7 +105,7 @@ def test_transient_past_the_deadline_fails_the_step() -> None:
 
 
 def test_permanent_failure_cleans_up_and_first_step_ends_the_saga() -> None:
-    step = Recording("uploader", "Upload", DOCUMENT_SUBMITTED, [PermanentError("corrupt")])
+    step = Recording("uploader", [PermanentError("corrupt")])
     rt = runtime_for(step)
     e = submitted()
     rt.process(e, at(0))
@@ -116,7 +115,7 @@ def test_permanent_failure_cleans_up_and_first_step_ends_the_saga() -> None:
 
 
 def test_failure_of_the_next_step_compensates_this_one_once() -> None:
-    step = Recording("security", "Security", "IntegrityVerified", [])
+    step = Recording("security", [])
     rt = runtime_for(step)
     sub = submitted()
     rt.process(sub, at(0))
@@ -136,7 +135,7 @@ def test_compensation_that_keeps_failing_ends_in_compensation_failed() -> None:
         def undo(self, log: StepLog, ctx: Context) -> Undone:
             raise PermanentError("store refuses delete")
 
-    rt = runtime_for(Stuck("graph", "Graph", "VectorsIndexed", []))
+    rt = runtime_for(Stuck("graph", []))
     sub = submitted()
     rt.process(sub, at(0))
     rt.process(
@@ -156,14 +155,14 @@ def test_compensation_that_keeps_failing_ends_in_compensation_failed() -> None:
 
 
 def test_events_for_other_steps_are_ignored_without_a_write() -> None:
-    rt = runtime_for(Recording("graph", "Graph", "VectorsIndexed", []))
+    rt = runtime_for(Recording("graph", []))
     e = submitted().follow("UploadStarted", "uploader")
     assert rt.process(e, at(0)).action == "ignored"
     assert rt.store.position("kafka:t:0") is None
 
 
 def test_outbox_lists_recorded_outputs_until_marked_published() -> None:
-    rt = runtime_for(Recording("uploader", "Upload", DOCUMENT_SUBMITTED, []))
+    rt = runtime_for(Recording("uploader", []))
     e = submitted()
     rt.process(e, at(0))
     pending = [m for _, m in rt.store.unpublished() if m]
@@ -176,7 +175,7 @@ def test_outbox_lists_recorded_outputs_until_marked_published() -> None:
 
 @pytest.mark.parametrize("spec", ["uploader:permanent@*", "uploader:permanent@t"])
 def test_injected_fault_fails_the_matching_document(spec: str) -> None:
-    step = Recording("uploader", "Upload", DOCUMENT_SUBMITTED, [])
+    step = Recording("uploader", [])
     rt = runtime_for(step, faults=spec)
     e = submitted()
     rt.process(e, at(0))
@@ -196,7 +195,7 @@ def test_a_step_interrupted_after_a_checkpoint_resumes_on_redelivery() -> None:
                 raise KeyboardInterrupt  # the process dies here: nothing after the checkpoint is recorded
             log.emit_event(event.follow("UploadDone", self.service))
 
-    step = Checkpointing("uploader", "Upload", DOCUMENT_SUBMITTED, [])
+    step = Checkpointing("uploader", [])
     rt = runtime_for(step)
     rt.ctx.checkpoint = rt.store.record
     e = submitted()
@@ -219,7 +218,7 @@ def test_a_concurrent_write_to_the_log_is_retried_not_dead_lettered() -> None:
 def test_an_ended_saga_stays_ended(ending: str) -> None:
     """A late or forged failure, compensation or forward event after the end changes no store:
     it is recorded as refused, with the reason, and nothing is undone, redone or emitted."""
-    step = Recording("uploader", "Upload", DOCUMENT_SUBMITTED, [])
+    step = Recording("uploader", [])
     rt = runtime_for(step)
     e = submitted()
     rt.process(e, at(0))
@@ -240,7 +239,7 @@ def test_a_repair_redoes_a_completed_documents_forward_work_and_emits_nothing() 
     """`uds3 audit repair`: the step's input again, from the operator, after the saga completed.
     The step works from scratch (its own log says it is done), nothing is published, the
     repair is recorded; other steps and other ends ignore or refuse it."""
-    step = Recording("vector", "Vectors", "SecurityRecorded", [])
+    step = Recording("vector", [])
     rt = runtime_for(step)
     e = submitted()
     trigger = Event("SecurityRecorded", e.document_id, e.saga_id, {"identity": "x"})
@@ -258,7 +257,7 @@ def test_a_repair_redoes_a_completed_documents_forward_work_and_emits_nothing() 
                   causation_id=str(uuid.uuid4()))  # names no input this step handled
     assert rt.process(stray, at(5)).action == "refused" and step.calls == 2
 
-    other = runtime_for(Recording("graph", "Graph", "VectorsIndexed", []))
+    other = runtime_for(Recording("graph", []))
     assert other.process(repair, at(0)).action == "ignored"
     compensated = runtime_for(step)
     compensated.process(e, at(0))
@@ -270,8 +269,7 @@ def test_a_trigger_that_arrives_before_an_input_it_needs_waits_for_it() -> None:
     """Each producer has its own topic, so the graph step can see VectorsIndexed before the
     SecurityRecorded it needs: it parks the trigger and does the work when the input arrives,
     once, with the ids the trigger would have given it."""
-    step = Recording("graph", "Graph", "VectorsIndexed", [])
-    step.remembers = frozenset({DOCUMENT_SUBMITTED, "SecurityRecorded", "VectorsIndexed"})
+    step = Recording("graph", [])
     rt = runtime_for(step)
     e = submitted()
     trigger = Event("VectorsIndexed", e.document_id, e.saga_id, {})
@@ -286,13 +284,13 @@ def test_a_trigger_that_arrives_before_an_input_it_needs_waits_for_it() -> None:
 
 
 def test_a_parked_trigger_whose_work_fails_fails_the_step() -> None:
-    step = Recording("graph", "Graph", "VectorsIndexed", [PermanentError("no graph")])
-    step.remembers = frozenset({DOCUMENT_SUBMITTED, "VectorsIndexed"})
+    step = Recording("graph", [PermanentError("no graph")])
     rt = runtime_for(step)
     e = submitted()
     trigger = Event("VectorsIndexed", e.document_id, e.saga_id, {})
-    assert rt.process(trigger, at(0)).action == "parked"
-    assert rt.process(e, at(1)).action == "handled"
+    assert rt.process(e, at(0)).action == "handled"
+    assert rt.process(trigger, at(1)).action == "parked"
+    assert rt.process(Event("SecurityRecorded", e.document_id, e.saga_id, {}), at(2)).action == "handled"
     log = rt.store.step_log(e.document_id)
     assert [(m["event_type"], m["causation_id"]) for m in log.emitted] == [("GraphFailed", trigger.event_id)]
     assert step.undone == 1 and log.handled(trigger.event_id)

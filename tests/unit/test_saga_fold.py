@@ -7,8 +7,8 @@ import uuid
 from datetime import timedelta
 
 from services.core.events import DOCUMENT_SUBMITTED, Event
-from services.core.saga import fold
 from services.core.steplog import message_of
+from services.operator.state import fold
 
 
 def chain(*types: str, **payloads: dict[str, object]) -> list[dict[str, object]]:

@@ -12,9 +12,10 @@ from typing import Any
 import fastavro
 import pytest
 
-from services.core import codec, compat
+from services.core import codec
 from services.core.codec import UndecodableEvent
 from services.core.events import DOCUMENT_SUBMITTED, Event
+from services.operator import compat
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 SUBMITTED_V1 = {"source_uri": "file:///case/17.pdf", "size_bytes": 300 * 2**20, "declared_sha256": None,

@@ -10,7 +10,8 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from services.core.errors import PermanentError
-from services.core.events import ALL_EVENT_TYPES, CHUNK_STORED, DOCUMENT_SUBMITTED, Event
+from services.core.events import CHUNK_STORED, DOCUMENT_SUBMITTED, Event
+from services.core.saga import ALL_EVENT_TYPES
 from services.security.audit import GENESIS, Entry, canonical, chain_hash, check_chain, jsonable
 from services.security.step import SecurityStep, audit_draft, identity_of, identity_record
 

@@ -5,8 +5,8 @@ reads it back through fastavro's own schema resolution into the other, in both d
 (backward: old data, current reader; forward: current data, old reader). The samples walk every
 union branch and enum symbol, so a branch or symbol that only some data uses is still covered.
 
-    python -m services.core.compat                 # check all schemas (CI), exit 1 on a break
-    python -m services.core.compat --snapshot NAME # keep NAME's current schema as history first
+    python -m services.operator.compat                 # check all schemas (CI), exit 1 on a break
+    python -m services.operator.compat --snapshot NAME # keep NAME's current schema as history first
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ def snapshot(name: str, directory: Path = SCHEMAS_DIR, registry: Registry = REGI
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m services.core.compat", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m services.operator.compat", description=__doc__)
     parser.add_argument("--snapshot", metavar="EVENT", help="copy EVENT's current schema into history/")
     args = parser.parse_args(argv)
     if args.snapshot:

@@ -1,6 +1,6 @@
 """Creates what the services need in PostgreSQL: one role and one schema per service.
 
-Run once by the admin role (`python -m services.core.provision`, done by `make up`).
+Run once by the admin role (`python -m services.operator.provision`, done by `make up`).
 Each service connects with its own role, which owns only its own schema (its event store
 tables and its own tables): least privilege. Each service's SQL migrations live in
 `services/<name>/migrations/*.sql` and are applied here in file-name order, once each.
@@ -13,6 +13,7 @@ services of two prefixes on one database would publish (and so steal) each other
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from pathlib import Path
 
@@ -21,12 +22,8 @@ from psycopg import sql
 
 from services.core import topics
 from services.core.config import REPO_ROOT, Settings
-
-SERVICES = ("uploader", "verifier", "security", "vector", "graph", "relational")
-
-
-class DatabaseClaimed(RuntimeError):
-    """The database serves the services of another topic prefix."""
+from services.core.pg import check_claim_on
+from services.core.saga import SERVICES
 
 
 def provision(settings: Settings | None = None, prefix: str = topics.PREFIX) -> None:
@@ -41,7 +38,7 @@ def provision(settings: Settings | None = None, prefix: str = topics.PREFIX) -> 
             "INSERT INTO public.uds3_deployment SELECT %s WHERE NOT EXISTS (SELECT FROM public.uds3_deployment)",
             (prefix,),
         )
-        _check_claim(conn, settings, prefix)
+        check_claim_on(conn, settings, prefix)
         conn.execute("REVOKE ALL ON SCHEMA public FROM PUBLIC")
         for service in SERVICES:
             role, password = settings.service_role(service)
@@ -64,25 +61,6 @@ def provision(settings: Settings | None = None, prefix: str = topics.PREFIX) -> 
             conn.execute(sql.SQL("GRANT SELECT ON public.uds3_deployment TO {}").format(sql.Identifier(role)))
         for service in SERVICES:
             _migrate(conn, service, settings)
-
-
-def check_claim(settings: Settings, service: str, prefix: str = topics.PREFIX) -> None:
-    """A service's check at start: this database was provisioned for this topic prefix."""
-    with psycopg.connect(settings.pg_dsn(*settings.service_role(service))) as conn:
-        _check_claim(conn, settings, prefix)
-
-
-def _check_claim(conn: psycopg.Connection, settings: Settings, prefix: str) -> None:
-    try:
-        row = conn.execute("SELECT topic_prefix FROM public.uds3_deployment").fetchone()
-    except psycopg.errors.UndefinedTable:
-        row = None
-    if row is None or row[0] != prefix:
-        owner = f"topic prefix {row[0]!r}" if row else "no deployment (not provisioned)"
-        raise DatabaseClaimed(
-            f"database {settings.pg_database!r} belongs to {owner}, not {prefix!r}: give each topic prefix "
-            "its own database (UDS3_PG_DATABASE), or run `python -m services.core.provision`"
-        )
 
 
 def create_database(settings: Settings, prefix: str = topics.PREFIX) -> None:
@@ -123,6 +101,18 @@ def _render(path: Path, **names: str) -> str:
     return text
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """`make up`: the deployment's PostgreSQL roles, schemas and migrations, then its Kafka
+    principals, topics and ACLs (idempotent, as the admin of each)."""
+    from services.operator import access
+
     provision()
     print("provisioned roles, schemas and migrations", file=sys.stderr)
+    created = asyncio.run(access.provision_kafka(Settings()))
+    for topic in topics.ALL_TOPICS:
+        state = "created" if topic.name in created else "exists"
+        print(f"{topic.name}: {topic.partitions} partitions, {state}; written by {', '.join(topic.writers)}")
+
+
+if __name__ == "__main__":
+    main()

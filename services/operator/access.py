@@ -16,7 +16,7 @@ of the wrong type on a topic its principal owns is dead-lettered by every consum
 
 aiokafka has no admin API for SCRAM credentials or ACLs; confluent-kafka's AdminClient does.
 
-    python -m services.core.topics   # principals, topics and ACLs of UDS3_TOPIC_PREFIX
+    python -m services.operator.provision   # also principals, topics and ACLs of UDS3_TOPIC_PREFIX
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from confluent_kafka.admin import (
 
 from services.core import topics
 from services.core.config import Settings
-from services.core.events import SUBMITTER
+from services.core.saga import SUBMITTER
 
 PRINCIPALS: tuple[str, ...] = (*topics.SERVICES, SUBMITTER)
 
@@ -56,11 +56,6 @@ class Grant:
     prefixed: bool = False
 
 
-def client_group_prefix(prefix: str = topics.PREFIX) -> str:
-    """The consumer groups a client may join (e.g. a downstream subscriber of completions)."""
-    return f"{prefix}-client-"
-
-
 def grants(prefix: str = topics.PREFIX, layout: tuple[topics.Topic, ...] = topics.ALL_TOPICS) -> list[Grant]:
     """Every ACL of one deployment (pure: derived from the topic layout)."""
     out = [Grant(writer, "WRITE", "TOPIC", t.name) for t in layout for writer in t.writers]
@@ -69,7 +64,7 @@ def grants(prefix: str = topics.PREFIX, layout: tuple[topics.Topic, ...] = topic
                 Grant(service, "READ", "GROUP", f"{prefix}-{service}")]
     readable = [t for t in layout if not t.name.endswith(".saga.dlq")]
     out += [Grant(SUBMITTER, "READ", "TOPIC", t.name) for t in readable]
-    out.append(Grant(SUBMITTER, "READ", "GROUP", client_group_prefix(prefix), prefixed=True))
+    out.append(Grant(SUBMITTER, "READ", "GROUP", topics.client_group_prefix(prefix), prefixed=True))
     return sorted(out)
 
 

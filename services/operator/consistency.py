@@ -171,7 +171,7 @@ def _names(held: Mapping[str, Held]) -> str:
 
 # --- gathering (real I/O) ---------------------------------------------------------------------
 def saga_facts(state: Any) -> SagaFacts:
-    """The facts the audit needs from a folded saga (services.core.saga.SagaState)."""
+    """The facts the audit needs from a folded saga (services.operator.state.SagaState)."""
     if not state.history:
         return SagaFacts("Unknown")
     last: dict[str, dict[str, Any]] = {}
@@ -199,7 +199,7 @@ def gather(settings: Settings | None = None, documents: Iterable[str] | None = N
     from neo4j import GraphDatabase
 
     from services.core.chunkstore import ChunkStore
-    from services.core.saga import SagaReader
+    from services.operator.state import SagaReader
     from services.vector.adapters import VectorIndex
 
     s = settings or Settings()

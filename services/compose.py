@@ -1,0 +1,35 @@
+"""The composition root: each service's step, built from its row of the saga table and its
+folder, and the runtime that runs it (`python -m services.<service>` calls `main`)."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+
+from services.core import logs
+from services.core.runtime import Runtime
+from services.core.saga import BY_SERVICE
+from services.core.step import Step
+
+
+def step_class(service: str) -> type[Step]:
+    """The `Step` subclass in `services/<service>/step.py` (the service name comes from the saga
+    table, never from input)."""
+    if service not in BY_SERVICE:
+        raise KeyError(f"{service!r} is not a service of the saga (services/core/saga.py)")
+    module = importlib.import_module(f"services.{service}.step")
+    found = [v for v in vars(module).values()
+             if isinstance(v, type) and issubclass(v, Step) and getattr(v, "service", None) == service]
+    if len(found) != 1:
+        raise LookupError(f"services/{service}/step.py must define one Step with service = {service!r}")
+    return found[0]
+
+
+def build_step(service: str) -> Step:
+    return step_class(service)()
+
+
+def main(service: str) -> None:
+    """Entry point of `python -m services.<service>`."""
+    logs.configure(service)
+    asyncio.run(Runtime(build_step(service)).run())
