@@ -1,4 +1,5 @@
-"""This run's own Kafka topics and PostgreSQL database: created at the start, removed at the end.
+"""This run's own Kafka topics, PostgreSQL database and graph nodes: created at the start (the
+graph's as it goes), removed at the end.
 
 A database of its own, not just a topic prefix: each service's event store is its outbox, and
 a relay publishes everything recorded in its schema that is not yet published, to its own
@@ -13,7 +14,7 @@ import asyncio
 from services.core import topics
 from services.core.config import Settings
 from services.operator import access
-from services.operator.provision import create_database, drop_database
+from services.operator.provision import create_database, drop_database, drop_graph
 
 
 async def create_topics(settings: Settings) -> None:
@@ -28,7 +29,7 @@ def create(settings: Settings) -> None:
 def remove(settings: Settings) -> None:
     """Deletes this run's topics and drops its database; one failing does not stop the other."""
     for what, undo in (("topics", lambda: asyncio.run(topics.delete_topics(settings))),
-                       ("database", lambda: drop_database(settings))):
+                       ("database", lambda: drop_database(settings)), ("graph", lambda: drop_graph(settings))):
         try:
             undo()
         except Exception as e:

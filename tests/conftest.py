@@ -34,7 +34,8 @@ RUN_ENV = {
     "UDS3_FAULTS": (
         "uploader:permanent@fail-upload,verifier:permanent@fail-integrity,security:permanent@fail-security,"
         "vector:permanent@fail-vectors,graph:permanent@fail-graph,relational:permanent@fail-relational,"
-        "graph:transient:2@flaky-graph,graph:undo-permanent@stuck-undo"
+        "graph:transient:2@flaky-graph,graph:undo-permanent@stuck-undo,"
+        "uploader:mid-permanent@fail-mid-upload,vector:mid-permanent@fail-mid-vectors,graph:mid-permanent@fail-mid-graph"
     ),
 }
 os.environ.update(RUN_ENV)
@@ -56,13 +57,14 @@ def stack() -> Iterator[Settings]:
         subprocess.run(["bash", "infra/stack.sh", "up"], cwd=REPO_ROOT, check=True)
     from services.core import topics
     from services.operator import access
-    from services.operator.provision import create_database, drop_database
+    from services.operator.provision import create_database, drop_database, drop_graph
 
     settings = Settings()
     create_database(settings)
     asyncio.run(access.provision_kafka(settings))
     yield settings
     drop_database(settings)
+    drop_graph(settings)
     asyncio.run(topics.delete_topics(settings))  # also the modules' `<RUN_ID>-*` topics
 
 

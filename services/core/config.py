@@ -42,6 +42,8 @@ def isolated_env(prefix: str, folder: Path) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Settings:
+    # The deployment: its topic prefix, and the namespace of its nodes in a shared Neo4j database.
+    deployment: str = field(default_factory=lambda: _env("UDS3_TOPIC_PREFIX", "uds3"))
     kafka_bootstrap: str = field(
         default_factory=lambda: _env("UDS3_KAFKA_BOOTSTRAP", f"127.0.0.1:{_env('UDS3_KAFKA_PORT', '19092')}")
     )

@@ -1,9 +1,11 @@
 """Fault injection for tests, chaos runs and the demo; off unless UDS3_FAULTS is set.
 
 UDS3_FAULTS is a comma-separated list of `service:kind[:times]@match`, where kind is
-`permanent`, `transient` (fails `times` attempts, default 3), `hang` (sleeps `times`
-seconds), `undo-permanent` or `undo-transient`, and `match` is a substring of the
-document's title or id (`*` matches every document).
+`permanent`, `transient` (fails `times` attempts, default 3) or `hang` (sleeps `times`
+seconds) before the step does any work, `mid-permanent` or `mid-transient` at the step's
+first checkpoint after it wrote part of its work (a chunk stored, a batch of vectors, the
+graph's document node before its relations), `undo-permanent` or `undo-transient` in its
+undo; `match` is a substring of the document's title or id (`*` matches every document).
 """
 
 from __future__ import annotations
@@ -38,12 +40,12 @@ class FaultInjector:
         self.attempts: dict[tuple[str, str], int] = {}
 
     def maybe_fail(self, phase: str, document_id: str, title: str) -> None:
-        """Raise the configured fault for this phase ("forward" or "undo"), if any."""
+        """Raise the configured fault for this phase ("forward", "mid" or "undo"), if any."""
         for f in self.faults:
             if not _matches(f.match, document_id, title):
                 continue
-            kind = f.kind.removeprefix("undo-")
-            if (phase == "undo") != f.kind.startswith("undo-"):
+            at, _, kind = f.kind.rpartition("-")
+            if (at or "forward") != phase:
                 continue
             if kind == "permanent":
                 raise PermanentError(f"injected permanent fault in {f.service} ({phase})")

@@ -243,6 +243,8 @@ class Runtime:
         if not self._flush_queued.is_set():
             self._flush_queued.set()
             asyncio.run_coroutine_threadsafe(self._queued_flush(), self.loop)
+        if not self.step.row.progress or any(log.has_emitted(p) for p in self.step.row.progress):
+            self.faults.maybe_fail("mid", log.document_id, _title(log.submission()))  # after partial work
 
     async def _queued_flush(self) -> None:
         self._flush_queued.clear()

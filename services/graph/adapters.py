@@ -1,14 +1,18 @@
 """Neo4j I/O of the graph service: apply a `GraphPlan`, remove a document, read back.
 
 Every write is MERGE-based and runs in one managed transaction, so a repeated apply
-changes nothing and a failed one leaves nothing. Driver errors become TransientError /
+changes nothing and a failed one leaves nothing. Every node carries its deployment (the
+topic prefix), and every query names it: deployments sharing one Neo4j database (tests,
+bench runs, the default) never see, link or delete each other's nodes, and a finished run
+removes its own (`drop_deployment`). Neo4j Community has one database, so this is by
+property, with the uniqueness constraints per (deployment, key). Driver errors become TransientError /
 PermanentError in `_translated`, the one boundary.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +20,7 @@ from typing import Any
 from neo4j import Driver, GraphDatabase, ManagedTransaction
 from neo4j.exceptions import ConstraintError, DriverError, Neo4jError
 
+from services.core.config import Settings
 from services.core.errors import PermanentError, TransientError
 from services.graph.plan import KEYS, RELATIONS, GraphPlan
 
@@ -46,11 +51,16 @@ def _translated(what: str) -> Iterator[None]:
 
 
 class GraphStore:
-    def __init__(self, uri: str, user: str = "", password: str = "") -> None:
+    def __init__(self, uri: str, user: str = "", password: str = "", deployment: str = "uds3") -> None:
         self.uri = uri
         self.auth = (user, password) if user else None
+        self.deployment = deployment  # a query parameter only, never spliced into Cypher
         self._driver: Driver | None = None
         self._schema_ready = False
+
+    @classmethod
+    def of(cls, settings: Settings) -> GraphStore:
+        return cls(settings.neo4j_uri, settings.neo4j_user, settings.neo4j_password, settings.deployment)
 
     def open(self) -> None:
         if self._driver is None:  # creating a driver connects lazily: no I/O here
@@ -68,8 +78,11 @@ class GraphStore:
         if not self._schema_ready:  # on first use, so a late Neo4j is a retriable error, not a crash
             for label, key in KEYS.items():
                 self._driver.execute_query(
-                    f"CREATE CONSTRAINT uds3_{label.lower()}_{key} IF NOT EXISTS "
-                    f"FOR (n:{label}) REQUIRE n.{key} IS UNIQUE")
+                    f"CREATE CONSTRAINT uds3_{label.lower()}_{key}_in_deployment IF NOT EXISTS "
+                    f"FOR (n:{label}) REQUIRE (n.deployment, n.{key}) IS UNIQUE")
+                # Nodes from before deployments were kept apart belong to the default one.
+                self._driver.execute_query(f"MATCH (n:{label}) WHERE n.deployment IS NULL SET n.deployment = 'uds3'")
+                self._driver.execute_query(f"DROP CONSTRAINT uds3_{label.lower()}_{key} IF EXISTS")
             self._schema_ready = True
         return self._driver
 
@@ -77,37 +90,49 @@ class GraphStore:
         with _translated(what):
             driver = self._session_driver()
             with driver.session() as session:
-                return session.execute_write(work, *args)
+                return session.execute_write(work, self.deployment, *args)
 
     def _read(self, what: str, work: Any, *args: Any) -> Any:
         with _translated(what):
             driver = self._session_driver()
             with driver.session() as session:
-                return session.execute_read(work, *args)
+                return session.execute_read(work, self.deployment, *args)
 
     # --- writes ------------------------------------------------------------------------------
-    def apply(self, plan: GraphPlan) -> None:
-        self._write("apply plan", _apply, plan)
+    def apply(self, plan: GraphPlan, after_node: Callable[[], None] = lambda: None) -> None:
+        """`after_node` runs inside the transaction once the document node is written, before
+        its relations: a checkpoint (and the place a fault after partial work is injected)."""
+        self._write("apply plan", _apply, plan, after_node)
 
     def remove(self, document_id: str) -> Removal:
         result: Removal = self._write("remove document", _remove, document_id)
         return result
 
+    def drop_deployment(self) -> int:
+        """Deletes every node of this deployment (a finished test or bench run), in batches."""
+        if self.deployment == "uds3":
+            raise ValueError("refusing to drop the default deployment's graph")
+        removed = 0
+        while n := int(self._write("drop deployment", _drop_batch)):
+            removed += n
+        return removed
+
     # --- reads (status, tests) ---------------------------------------------------------------
     def node(self, label: str, key: str) -> dict[str, Any] | None:
-        def read(tx: ManagedTransaction) -> dict[str, Any] | None:
-            record = tx.run(f"MATCH (n:{_label(label)} {{{KEYS[label]}: $key}}) RETURN properties(n) AS p",
-                            key=key).single()
-            return dict(record["p"]) if record else None
+        """The node's properties (without its deployment)."""
+        def read(tx: ManagedTransaction, dep: str) -> dict[str, Any] | None:
+            record = tx.run(f"MATCH (n:{_label(label)} {{deployment: $dep, {KEYS[label]}: $key}}) "
+                            "RETURN properties(n) AS p", dep=dep, key=key).single()
+            return {k: v for k, v in record["p"].items() if k != "deployment"} if record else None
 
         found: dict[str, Any] | None = self._read("read node", read)
         return found
 
     def relations(self, document_id: str) -> set[tuple[str, str, str]]:
         """The document's outgoing relations as (type, target label, target key)."""
-        def read(tx: ManagedTransaction) -> set[tuple[str, str, str]]:
-            rows = tx.run(f"MATCH (:Document {{id: $id}})-[r]->(n) RETURN type(r) AS t, labels(n)[0] AS l, "
-                          f"{_KEY_OF_N} AS k", id=document_id)
+        def read(tx: ManagedTransaction, dep: str) -> set[tuple[str, str, str]]:
+            rows = tx.run(f"MATCH (:Document {{deployment: $dep, id: $id}})-[r]->(n) RETURN type(r) AS t, "
+                          f"labels(n)[0] AS l, {_KEY_OF_N} AS k", dep=dep, id=document_id)
             return {(row["t"], row["l"], row["k"]) for row in rows}
 
         found: set[tuple[str, str, str]] = self._read("read relations", read)
@@ -121,44 +146,55 @@ def _label(label: str) -> str:
     return label
 
 
-def _apply(tx: ManagedTransaction, plan: GraphPlan) -> None:
+def _drop_batch(tx: ManagedTransaction, dep: str) -> int:
+    record = tx.run("MATCH (n {deployment: $dep}) WITH n LIMIT 1000 DETACH DELETE n RETURN count(*) AS n",
+                    dep=dep).single()
+    return int(record["n"]) if record else 0
+
+
+def _apply(tx: ManagedTransaction, dep: str, plan: GraphPlan, after_node: Callable[[], None]) -> None:
     doc = plan.document
-    tx.run("MERGE (d:Document {id: $id}) SET d += $props", id=doc.key, props=dict(doc.props)).consume()
+    tx.run("MERGE (d:Document {deployment: $dep, id: $id}) SET d += $props", dep=dep, id=doc.key,
+           props=dict(doc.props)).consume()
+    after_node()
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for rel in plan.relations:
         groups[(_label(rel.type), _label(rel.target.label))].append(
             {"key": rel.target.key, "props": dict(rel.target.props)})
     for (rel_type, label), targets in groups.items():
-        tx.run(f"MATCH (d:Document {{id: $id}}) UNWIND $targets AS t "
-               f"MERGE (n:{label} {{{KEYS[label]}: t.key}}) ON CREATE SET n += t.props "
-               f"MERGE (d)-[:{rel_type}]->(n)", id=doc.key, targets=targets).consume()
+        tx.run(f"MATCH (d:Document {{deployment: $dep, id: $id}}) UNWIND $targets AS t "
+               f"MERGE (n:{label} {{deployment: $dep, {KEYS[label]}: t.key}}) ON CREATE SET n += t.props "
+               f"MERGE (d)-[:{rel_type}]->(n)", dep=dep, id=doc.key, targets=targets).consume()
     # Relations an earlier version of this document had and this plan has not (resubmission
     # with changed metadata): drop them, and the entities only they used.
     planned = [[r.type, r.target.label, r.target.key] for r in plan.relations]
-    stale = tx.run(f"MATCH (:Document {{id: $id}})-[r]->(n) WHERE NOT [type(r), labels(n)[0], {_KEY_OF_N}] "
-                   f"IN $planned DELETE r RETURN collect(DISTINCT elementId(n)) AS ids",
-                   id=doc.key, planned=planned).single()
+    stale = tx.run(f"MATCH (:Document {{deployment: $dep, id: $id}})-[r]->(n) "
+                   f"WHERE NOT [type(r), labels(n)[0], {_KEY_OF_N}] IN $planned "
+                   f"DELETE r RETURN collect(DISTINCT elementId(n)) AS ids",
+                   dep=dep, id=doc.key, planned=planned).single()
     if stale and stale["ids"]:
         _drop_orphans(tx, stale["ids"])
 
 
-def _remove(tx: ManagedTransaction, document_id: str) -> Removal:
+def _remove(tx: ManagedTransaction, dep: str, document_id: str) -> Removal:
+    doc = {"dep": dep, "id": document_id}
     # Lock the node first: a concurrent ingestion that references it waits for this decision.
-    found = tx.run("MATCH (d:Document {id: $id}) WHERE NOT coalesce(d.placeholder, false) "
-                   "SET d.uds3_lock = true REMOVE d.uds3_lock RETURN d.id AS id", id=document_id).single()
+    found = tx.run("MATCH (d:Document {deployment: $dep, id: $id}) WHERE NOT coalesce(d.placeholder, false) "
+                   "SET d.uds3_lock = true REMOVE d.uds3_lock RETURN d.id AS id", doc).single()
     if found is None:  # never linked, already removed, or only a placeholder others created
         return Removal(0, "absent", 0)
-    gone = tx.run("MATCH (:Document {id: $id})-[r]->(n) DELETE r "
-                  "RETURN count(r) AS n, collect(DISTINCT elementId(n)) AS ids", id=document_id).single()
+    gone = tx.run("MATCH (:Document {deployment: $dep, id: $id})-[r]->(n) DELETE r "
+                  "RETURN count(r) AS n, collect(DISTINCT elementId(n)) AS ids", doc).single()
     assert gone is not None
-    referenced = tx.run("MATCH (d:Document {id: $id}) RETURN EXISTS { (d)<-[:REFERENCES]-() } AS yes",
-                        id=document_id).single()
+    referenced = tx.run("MATCH (d:Document {deployment: $dep, id: $id}) "
+                        "RETURN EXISTS { (d)<-[:REFERENCES]-() } AS yes", doc).single()
     if referenced and referenced["yes"]:
         # Other documents still point here: keep the node as a bare placeholder, as if this
         # document had never been ingested (a later ingestion completes it again).
-        tx.run("MATCH (d:Document {id: $id}) SET d = {id: d.id, placeholder: true}", id=document_id).consume()
+        tx.run("MATCH (d:Document {deployment: $dep, id: $id}) "
+               "SET d = {deployment: d.deployment, id: d.id, placeholder: true}", doc).consume()
     else:
-        tx.run("MATCH (d:Document {id: $id}) DETACH DELETE d", id=document_id).consume()
+        tx.run("MATCH (d:Document {deployment: $dep, id: $id}) DETACH DELETE d", doc).consume()
     orphans = _drop_orphans(tx, gone["ids"]) if gone["ids"] else 0
     return Removal(int(gone["n"]), "placeholder" if referenced and referenced["yes"] else "deleted", orphans)
 

@@ -26,7 +26,7 @@ class GraphStep(Step):
 
     def start(self, settings: Settings) -> None:
         if self.store is None:
-            self.store = GraphStore(settings.neo4j_uri, settings.neo4j_user, settings.neo4j_password)
+            self.store = GraphStore.of(settings)
         self.store.open()
 
     def stop(self) -> None:
@@ -43,7 +43,7 @@ class GraphStep(Step):
         if submission is None:
             raise PermanentError("no DocumentSubmitted received before VectorsIndexed")
         plan = plan_for(submission, log.last_received(SECURITY_RECORDED), event)
-        self._store().apply(plan)
+        self._store().apply(plan, after_node=lambda: ctx.checkpoint(log))
         log.emit_event(event.follow(GRAPH_LINKED, self.service, node_id=plan.document.key,
                                     relations=len(plan.relations)))
 

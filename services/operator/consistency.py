@@ -223,9 +223,10 @@ def gather(settings: Settings | None = None, documents: Iterable[str] | None = N
         index.close()
 
     with GraphDatabase.driver(s.neo4j_uri, auth=(s.neo4j_user, s.neo4j_password)) as driver:
-        query = "MATCH (d:Document) WHERE NOT coalesce(d.placeholder, false)"
+        query = "MATCH (d:Document {deployment: $dep}) WHERE NOT coalesce(d.placeholder, false)"  # ours only
         query += " AND d.id IN $ids" if scope is not None else ""
-        records = driver.execute_query(query + " RETURN d.id AS id, d.sha256 AS sha", ids=scope or []).records
+        records = driver.execute_query(query + " RETURN d.id AS id, d.sha256 AS sha", dep=s.deployment,
+                                       ids=scope or []).records
         for r in records:
             inv.graph[r["id"]] = Held(1, r["sha"])
 

@@ -77,6 +77,18 @@ def drop_database(settings: Settings) -> None:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(settings.pg_database)))
 
 
+def drop_graph(settings: Settings) -> int:
+    """Deletes a finished run's nodes from the shared Neo4j database (its deployment's only)."""
+    from services.graph.adapters import GraphStore
+
+    store = GraphStore.of(settings)
+    store.open()
+    try:
+        return store.drop_deployment()
+    finally:
+        store.close()
+
+
 def _maintenance_dsn(settings: Settings) -> str:
     return settings.pg_dsn().rsplit("/", 1)[0] + "/postgres"
 

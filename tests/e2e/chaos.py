@@ -86,6 +86,7 @@ class Doc:
 @dataclass
 class Results:
     sagas: int = 0
+    seed: int = 0  # `--seed` replays the same documents, kill targets and timings
     kills: int = 0
     busy_kills: int = 0  # kills of a service that had just written to its log (likely mid-work)
     crashes: int = 0  # services that died without being killed (restarted by the supervisor)
@@ -106,7 +107,8 @@ class Results:
 
     def summary(self) -> dict[str, Any]:
         return {
-            "sagas": self.sagas, "kills": self.kills, "busy_kills": self.busy_kills, "crashes": self.crashes,
+            "sagas": self.sagas, "seed": self.seed, "kills": self.kills, "busy_kills": self.busy_kills,
+            "crashes": self.crashes,
             "completed": self.outcomes["DocumentCompleted"], "compensated": self.outcomes["DocumentCompensated"],
             "compensation_failed": self.outcomes["CompensationFailed"], "lost": len(self.lost),
             "unexpected": len(self.unexpected), "violations": len(self.violations),
@@ -342,7 +344,7 @@ async def run(args: argparse.Namespace, env: dict[str, str], folder: Path) -> Re
     from services.operator.provision import create_database
 
     rng = random.Random(args.seed)
-    results = Results(sagas=args.sagas)
+    results = Results(sagas=args.sagas, seed=args.seed)
     settings = Settings()
     create_database(settings)  # its own: a relay on a shared database would publish our events elsewhere
     await access.provision_kafka(settings)
@@ -547,10 +549,11 @@ def main(argv: list[str] | None = None) -> int:
     if results.ok and not args.keep:
         from services.core import topics
         from services.core.config import Settings
-        from services.operator.provision import drop_database
+        from services.operator.provision import drop_database, drop_graph
 
         shutil.rmtree(folder, ignore_errors=True)
         drop_database(Settings())
+        drop_graph(Settings())
         asyncio.run(topics.delete_topics(Settings()))
     else:
         print(f"[chaos] run folder kept: {folder} (service logs in {folder / 'logs'}), "

@@ -26,7 +26,15 @@ from services.cli.ops import audit_app, saga_compensate, saga_retry
 from services.client import Client, Submission
 from services.core.chunkstore import ChunkStore
 from services.core.config import Settings
-from services.core.events import COMPENSATION_FAILED, DOCUMENT_COMPENSATED, DOCUMENT_COMPLETED, TERMINAL_EVENTS, Event
+from services.core.events import (
+    CHUNK_STORED,
+    COMPENSATION_FAILED,
+    DOCUMENT_COMPENSATED,
+    DOCUMENT_COMPLETED,
+    TERMINAL_EVENTS,
+    VECTORS_PROGRESSED,
+    Event,
+)
 from services.core.saga import COMPENSATED_EVENTS, FAILED_EVENTS, STEPS, compensated, failed
 from services.operator.state import SagaReader
 from services.processes import ServiceProcess
@@ -39,6 +47,8 @@ pytestmark = pytest.mark.stack
 
 FAIL_TITLE = {step: f"fail-{step.lower()}" for step in STEPS}  # fail-upload ... fail-relational
 OUTCOME_TIMEOUT = 240
+# The steps that fail after part of their work is written, and the progress event that shows it.
+AFTER_PARTIAL_WORK = {"Upload": CHUNK_STORED, "Vectors": VECTORS_PROGRESSED, "Graph": None}
 
 
 @dataclass
@@ -98,6 +108,9 @@ async def runs(services: Services, run_dir: Path) -> AsyncIterator[dict[str, Run
     for i, step in enumerate(STEPS):
         path = pdf_file(folder, f"{step}.pdf", [paragraph(100 + i * 3 + p, 1500) for p in range(2)])
         cases[step] = (path, {"title": f"case {FAIL_TITLE[step]} {i}"})
+    for i, step in enumerate(AFTER_PARTIAL_WORK):
+        path = pdf_file(folder, f"mid-{step}.pdf", [paragraph(500 + i * 3 + p, 1500) for p in range(2)])
+        cases[f"mid-{step}"] = (path, {"title": f"case fail-mid-{step.lower()}"})
     cases["flaky"] = (text_file(folder, "flaky.txt", paragraph(200, 2500)), {"title": "flaky-graph note"})
     cases["stuck"] = (
         pdf_file(folder, "stuck.pdf", [paragraph(300 + p, 1500) for p in range(2)]),
@@ -133,6 +146,24 @@ async def test_failure_at_each_step_compensates_every_earlier_step_in_reverse(
     assert state.status == "Compensated"
     assert state.steps[step] == "failed"
     assert all(state.steps[s] == "compensated" for s in STEPS[: STEPS.index(step)])
+    left = await footprint_of(doc)
+    assert left.empty, left
+
+
+@pytest.mark.parametrize("step", AFTER_PARTIAL_WORK)
+async def test_a_step_that_fails_after_partial_work_removes_it_before_the_chain_starts(
+    runs: dict[str, Run], services: Services, step: str
+) -> None:
+    """The fault fires at the step's first checkpoint: a chunk already stored, a batch of
+    vectors already upserted, the graph's document node written but not its relations."""
+    run = runs[f"mid-{step}"]
+    doc = run.sub.document_id
+    assert run.outcome.event_type == DOCUMENT_COMPENSATED, services.logs()
+    assert "injected permanent fault" in run.outcome.payload["reason"] and "(mid)" in run.outcome.payload["reason"]
+    assert chain(doc) == expected_chain(step)
+    progress = AFTER_PARTIAL_WORK[step]
+    if progress:  # what the step had recorded of its work before the fault
+        assert progress in SagaReader().state(doc).progress
     left = await footprint_of(doc)
     assert left.empty, left
 
@@ -209,7 +240,8 @@ async def test_consistency_audit_reads_every_store_and_finds_an_orphan(runs: dic
     report = json.loads(result.output)
     assert report["violations"] == []
     assert report["statuses"].get("Completed") == 1  # flaky-graph
-    assert report["statuses"].get("Compensated", 0) + report["statuses"].get("CompensationFailed", 0) == 8
+    ended = report["statuses"].get("Compensated", 0) + report["statuses"].get("CompensationFailed", 0)
+    assert ended == 8 + len(AFTER_PARTIAL_WORK)
     # something in a store that no saga knows: an orphan (exit 1)
     ghost = str(uuid.uuid4())
     ChunkStore(Settings().chunk_store_dir).put(ghost, 0, b"left behind")

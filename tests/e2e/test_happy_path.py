@@ -15,9 +15,10 @@ from services.client import Client, Submission
 from services.core import codec, topics
 from services.core.config import Settings
 from services.core.saga import SERVICES
+from services.core.steplog import event_of
 from services.operator.state import SagaReader
 from tests.documents import paragraph, pdf_file, text_file
-from tests.e2e.stores import footprint
+from tests.e2e.stores import content, footprint
 from tests.running import Services
 
 pytestmark = pytest.mark.stack
@@ -113,6 +114,31 @@ async def test_redelivery_from_offset_zero_changes_nothing(services: Services, r
     await wait_groups_caught_up(stack)  # every service re-read the whole topic from offset 0
     assert await count_messages(stack) == messages_before, "redelivery emitted new events"
     assert {doc: footprint(doc) for doc in results} == before
+
+
+async def test_every_event_published_again_is_recognised_by_its_id_and_changes_no_store(
+    services: Services, run_dir: Path, stack: Settings
+) -> None:
+    """A relay that published twice, an operator's `uds3 resume`: the same events again, at new
+    offsets, so no tracked position hides them. Every service's inbox (`StepLog.processed`)
+    recognises each by its id: no event is emitted, no log grows, no store changes a field."""
+    folder = run_dir / "republish"
+    folder.mkdir()
+    async with Client() as client:
+        results = await submit_and_wait(client, make_documents(folder, 3))
+    reader = SagaReader()
+    before = {doc: content(doc) for doc in results}
+    logs_before = {doc: len(reader.messages(doc)) for doc in results}
+    messages_before = await count_messages(stack)
+    events = [event_of(m) for doc in results for m in reader.state(doc).history]
+    async with Client(principal="admin") as admin:
+        for event in events:
+            await admin.republish(event)
+    copies = sum(len(topics.topics_for(e.event_type, e.producer)) for e in events)
+    await wait_groups_caught_up(stack)
+    assert await count_messages(stack) == messages_before + copies, "a republished event made a service emit"
+    assert {doc: len(reader.messages(doc)) for doc in results} == logs_before
+    assert {doc: content(doc) for doc in results} == before
 
 
 def event_partitions() -> list[TopicPartition]:

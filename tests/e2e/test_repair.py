@@ -47,7 +47,7 @@ def test_a_document_that_lost_its_vectors_and_its_graph_is_repaired(
     doc, untouched = (asyncio.run(completed(folder, name)) for name in ("lost.txt", "untouched.txt"))
     before, other = stored(doc), stored(untouched)
     wipe_vectors(doc, stack)
-    graph = GraphStore(stack.neo4j_uri, stack.neo4j_user, stack.neo4j_password)
+    graph = GraphStore.of(stack)
     graph.open()
     try:
         graph.remove(doc)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 
@@ -150,3 +151,29 @@ def test_placeholder_is_completed_and_reverted(step: GraphStep, settings: Settin
     assert store.relations(a) == {("REFERENCES", "Document", b)}
     undo(step, settings, a)  # nothing references b any more: the placeholder goes too
     assert store.node("Document", a) is None and store.node("Document", b) is None
+
+
+def test_deployments_sharing_the_database_never_see_touch_or_keep_each_others_nodes(
+    step: GraphStep, settings: Settings, store: GraphStore
+) -> None:
+    """Tests, bench runs and the default deployment share one Neo4j database: the same document
+    and the same author in another deployment are other nodes; its undo and its removal at the
+    end of its run leave ours alone."""
+    doc, t = str(uuid.uuid4()), tag()
+    events = saga(doc, author=f"Ada {t}")
+    elsewhere = GraphStep(GraphStore.of(replace(settings, deployment=f"{settings.deployment}-elsewhere")))
+    elsewhere.start(settings)
+    try:
+        run(step, settings, events)
+        run(elsewhere, settings, events)
+        assert elsewhere.store is not None and elsewhere.store.node("Document", doc) is not None
+        assert count(store, [f"Ada {t}"], [doc]) == (4, 2)  # two documents, two authors, one relation each
+        undo(elsewhere, settings, doc)
+        assert store.relations(doc) == {("AUTHORED_BY", "Person", f"Ada {t}")}
+        run(elsewhere, settings, events)
+        assert elsewhere.store.drop_deployment() == 2
+        assert elsewhere.store.node("Document", doc) is None and store.node("Document", doc) is not None
+    finally:
+        elsewhere.stop()
+        undo(step, settings, doc)
+    assert count(store, [f"Ada {t}"], [doc]) == (0, 0)

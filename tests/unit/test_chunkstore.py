@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import io
+import tracemalloc
 from pathlib import Path
 
 import pytest
 
 from services.core.chunkstore import ChunkRef, ChunkStore, OutsideChunkStore
-from services.vector.text import iter_pdf_pages
+from services.vector.text import chunk_pages, iter_pdf_pages
 from tests.documents import paragraph, pdf_file
 
 
@@ -66,3 +67,23 @@ def test_no_document_id_reaches_outside_the_store(tmp_path: Path, hostile: str) 
         with pytest.raises(OutsideChunkStore):
             touch(hostile)
     assert (outside / "keep.chunk").read_bytes() == b"not the store's" and root.is_dir()
+
+
+def test_reading_a_document_holds_one_page_at_a_time_whatever_its_length(tmp_path: Path) -> None:
+    """G7, on the path the vector step takes (chunk store -> pages -> text chunks): the memory
+    Python holds at its peak does not follow the document's length (4x the pages here). Holding
+    every page, or every chunk, would make it grow with them. (Speed and the process's whole
+    RSS on 300 MB documents are `make bench`'s; this checks the shape.)"""
+    store = ChunkStore(tmp_path / "chunks")
+    peaks = {}
+    for pages in (30, 120):
+        pdf = pdf_file(tmp_path, f"d{pages}.pdf", [paragraph(i, 1800) for i in range(pages)])
+        store_in_chunks(store, f"d{pages}", pdf.read_bytes(), 16 * 1024)
+        tracemalloc.start()
+        try:
+            count = sum(1 for _ in chunk_pages(iter_pdf_pages(lambda n=pages: store.open(f"d{n}"))))
+            peaks[pages] = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert count >= 2 * pages
+    assert peaks[120] < 1.5 * peaks[30], peaks

@@ -10,6 +10,7 @@ from eventsourcing.persistence import Tracking
 from services.core.config import Settings
 from services.core.errors import PermanentError, TransientError
 from services.core.events import DOCUMENT_SUBMITTED, Event
+from services.core.faults import FaultInjector
 from services.core.runtime import REPAIR_PRODUCER, Runtime
 from services.core.step import Context, Step, Undone
 from services.core.steplog import StepLog
@@ -294,3 +295,12 @@ def test_a_parked_trigger_whose_work_fails_fails_the_step() -> None:
     log = rt.store.step_log(e.document_id)
     assert [(m["event_type"], m["causation_id"]) for m in log.emitted] == [("GraphFailed", trigger.event_id)]
     assert step.undone == 1 and log.handled(trigger.event_id)
+
+
+def test_each_injected_fault_fires_in_its_own_phase_only() -> None:
+    faults = FaultInjector("graph", "graph:mid-permanent@a,graph:undo-permanent@b,graph:permanent@c,vector:permanent@*")
+    for phase, doc in (("forward", "c"), ("mid", "a"), ("undo", "b")):
+        with pytest.raises(PermanentError, match=f"\\({phase}\\)"):
+            faults.maybe_fail(phase, doc, "")
+    for phase, doc in (("forward", "a"), ("undo", "a"), ("mid", "b"), ("forward", "b"), ("mid", "c"), ("undo", "c")):
+        faults.maybe_fail(phase, doc, "")  # not this fault's phase: nothing happens
