@@ -23,9 +23,10 @@ from services.cli.ops import audit_app, dlq_app, saga_compensate, saga_retry
 from services.client import Client
 from services.core import topics
 from services.core.config import Settings
+from services.core.errors import UNREACHABLE
 from services.core.events import TERMINAL_EVENTS, Event
 from services.core.saga import SAGA, STEPS
-from services.core.validation import InvalidInput, uuid_id
+from services.core.validation import DEFAULT_SECURITY_LEVEL, InvalidInput, uuid_id
 
 app = typer.Typer(
     help="uds3-saga: ingest large documents into vectors, graph and relational stores.",
@@ -59,7 +60,7 @@ def friendly(fn: Callable[..., T]) -> Callable[..., T]:
             err.print(f"[red]error:[/red] cannot reach the stack ({e}); is it up? try `make up`")
             raise typer.Exit(3) from None
         except Exception as e:
-            if type(e).__name__ in {"KafkaConnectionError", "OperationalError", "ServiceUnavailable"}:
+            if type(e).__name__ in UNREACHABLE:
                 err.print(f"[red]error:[/red] cannot reach the stack ({type(e).__name__}: {e}); try `make up`")
                 raise typer.Exit(3) from None
             if type(e).__name__ == "UnknownTopicOrPartitionError":
@@ -92,7 +93,7 @@ def submit(
     author: str = typer.Option(None),
     organisation: str = typer.Option(None),
     case: str = typer.Option(None, "--case", help="case number"),
-    security_level: str = typer.Option("internal", "--security-level"),
+    security_level: str = typer.Option(DEFAULT_SECURITY_LEVEL, "--security-level"),
     reference: list[str] = typer.Option([], "--reference", help="id of a document this one references"),
     meta: list[str] = typer.Option([], "--meta", help="free metadata, key=value"),
     sha256: str = typer.Option(None, help="declared sha256 of the file, checked by the verifier"),

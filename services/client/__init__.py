@@ -103,7 +103,7 @@ class Client:
                 "source_uri": source.as_uri(),
                 "size_bytes": size,
                 "declared_sha256": declared_sha256,
-                "content_type": content_type or _guess_type(source),
+                "content_type": content_type,  # what the submitter declares, if anything: the uploader decides
                 "title": title,
                 "author": author,
                 "organisation": organisation,
@@ -247,10 +247,6 @@ def _describe(path: str | Path) -> tuple[Path, int]:
     """The absolute path and size (0 when missing: the uploader refuses it with a clear reason)."""
     source = Path(path).absolute()
     return source, os.path.getsize(source) if os.path.exists(source) else 0
-
-
-def _guess_type(path: Path) -> str:
-    return "application/pdf" if path.suffix.lower() == ".pdf" else "text/plain"
 
 
 def payload_summary(event: Event) -> dict[str, Any]:

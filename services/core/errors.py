@@ -17,3 +17,11 @@ class TransientError(StepError):
     """A store or the broker is unreachable or timed out: retry with backoff."""
 
     retriable = True
+
+
+# Driver exceptions (by class name: the drivers are not imported here) that mean a store or the
+# broker cannot be reached right now: retried by the runtime, "is the stack up?" in the CLI.
+UNREACHABLE = frozenset({
+    "OperationalError", "InterfaceError", "ServiceUnavailable", "SessionExpired", "MilvusUnavailableException",
+    "KafkaConnectionError",
+})

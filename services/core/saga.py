@@ -70,7 +70,7 @@ SAGA: tuple[SagaStep, ...] = (
     SagaStep("Integrity", "verifier", trigger=UPLOAD_COMPLETED, success=INTEGRITY_VERIFIED),
     SagaStep("Security", "security", trigger=INTEGRITY_VERIFIED, success=SECURITY_RECORDED, store="security"),
     SagaStep("Vectors", "vector", trigger=SECURITY_RECORDED, success=VECTORS_INDEXED,
-             progress=(VECTORS_PROGRESSED,), store="vectors"),
+             needs=frozenset({DOCUMENT_SUBMITTED, UPLOAD_COMPLETED}), progress=(VECTORS_PROGRESSED,), store="vectors"),
     SagaStep("Graph", "graph", trigger=VECTORS_INDEXED, success=GRAPH_LINKED,
              needs=frozenset({DOCUMENT_SUBMITTED, SECURITY_RECORDED}), store="graph"),
     SagaStep("Relational", "relational", trigger=GRAPH_LINKED, success=RELATIONAL_RECORDED,

@@ -18,6 +18,10 @@ from typing import Any
 
 from services.core.events import DOCUMENT_SUBMITTED, Event
 
+# The formats that can be ingested; the uploader decides which one a document is, from its bytes.
+PDF = "application/pdf"
+TEXT = "text/plain"
+
 SECURITY_LEVELS = ("public", "internal", "confidential", "restricted")
 DEFAULT_SECURITY_LEVEL = "internal"
 # Bounds of a submission's text fields, in characters. They hold what a records office writes

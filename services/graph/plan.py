@@ -24,6 +24,7 @@ from typing import Any
 
 from services.core.errors import PermanentError
 from services.core.events import Event
+from services.core.validation import DEFAULT_SECURITY_LEVEL
 
 # Each label and the property that identifies its nodes (a uniqueness constraint).
 KEYS: Mapping[str, str] = {"Document": "id", "Person": "name", "Organisation": "name", "Case": "number"}
@@ -75,7 +76,7 @@ def plan_for(submission: Event, security: Event | None, vectors: Event) -> Graph
         "sha256": str(security.payload["content_sha256"]),
         "pages": int(vectors.payload.get("page_count") or 0),
         "chunks": int(vectors.payload.get("chunk_count") or 0),
-        "security_level": str(sub.get("security_level") or "internal"),
+        "security_level": str(sub.get("security_level") or DEFAULT_SECURITY_LEVEL),
         "saga_id": submission.saga_id,
         "placeholder": False,
     })

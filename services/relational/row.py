@@ -9,6 +9,7 @@ from typing import Any
 
 from services.core.errors import PermanentError
 from services.core.events import Event
+from services.core.validation import DEFAULT_SECURITY_LEVEL
 
 TABLE = "relational.documents"
 COMPLETED = "completed"
@@ -62,13 +63,13 @@ def document_row(submission: Event | None, upload: Event | None, security: Event
         author=sub.get("author"),
         organisation=sub.get("organisation"),
         case_number=sub.get("case_number"),
-        content_type=str(sub.get("content_type") or "application/octet-stream"),
+        content_type=str(up.get("content_type") or sub.get("content_type") or "application/octet-stream"),
         source_uri=str(sub["source_uri"]),
         size_bytes=int(up.get("size_bytes", sub.get("size_bytes", 0))),  # measured beats declared
         page_count=int(vec["page_count"]),
         chunk_count=int(vec["chunk_count"]),  # text chunks = vectors stored (not upload chunks)
         content_sha256=sha.lower(),
-        security_level=str(sub.get("security_level") or "internal"),
+        security_level=str(sub.get("security_level") or DEFAULT_SECURITY_LEVEL),
         metadata={str(k): str(v) for k, v in (sub.get("metadata") or {}).items()},
         status=COMPLETED,
         submitted_at=f["DocumentSubmitted"].occurred_at,

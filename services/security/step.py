@@ -19,6 +19,7 @@ from services.core.events import NAMESPACE, PROGRESS_EVENTS, SECURITY_RECORDED, 
 from services.core.saga import ALL_EVENT_TYPES
 from services.core.step import Context, Step, Undone
 from services.core.steplog import StepLog
+from services.core.validation import DEFAULT_SECURITY_LEVEL
 from services.security.adapters import AuditDraft, Identity, SecurityStore
 from services.security.audit import timestamp
 
@@ -41,7 +42,7 @@ def identity_record(submission: Event, verified: Event) -> Identity:
         document_id=submission.document_id,
         identity=identity_of(submission.document_id),
         content_sha256=sha,
-        classification=str(p.get("security_level") or "internal"),  # the schema's default
+        classification=str(p.get("security_level") or DEFAULT_SECURITY_LEVEL),  # the schema's default
         submitter=str(p.get("submitter") or ""),
     )
 

@@ -78,6 +78,7 @@ class UploaderStep(Step):
                 sha256=sha,
                 size_bytes=valid.size,
                 chunk_count=len(refs),
+                content_type=valid.content_type,  # decided here, once, from the bytes; later steps read it
             )
         )
 

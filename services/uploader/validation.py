@@ -9,9 +9,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from services.core.errors import PermanentError
-
-PDF = "application/pdf"
-TEXT = "text/plain"
+from services.core.validation import PDF, TEXT
 
 
 class Refused(PermanentError):

@@ -19,9 +19,10 @@ from services.core import logs
 from services.core.chunkstore import ChunkStore
 from services.core.config import Settings
 from services.core.errors import PermanentError
-from services.core.events import VECTORS_INDEXED, VECTORS_PROGRESSED, Event
+from services.core.events import UPLOAD_COMPLETED, VECTORS_INDEXED, VECTORS_PROGRESSED, Event
 from services.core.step import Context, Step, Undone
 from services.core.steplog import StepLog
+from services.core.validation import PDF, TEXT
 from services.vector.adapters import TEXT_MAX, VectorIndex, chunk_key
 from services.vector.embedding import Embedder, load_embedder
 from services.vector.text import (
@@ -54,9 +55,12 @@ class VectorStep(Step):
     def handle(self, event: Event, log: StepLog, ctx: Context) -> None:
         if log.has_emitted(VECTORS_INDEXED):
             return
-        # The stored bytes decide the format (as the uploader's validation did), not the file name.
-        with self.chunks.open(event.document_id) as f:
-            is_pdf = f.read(5) == b"%PDF-"
+        upload = log.last_received(UPLOAD_COMPLETED)  # the uploader decided the format from the bytes
+        decided = upload.payload.get("content_type") if upload else None
+        if not decided:  # an UploadCompleted of schema version 1 does not say: the stored bytes do
+            with self.chunks.open(event.document_id) as f:
+                decided = PDF if f.read(5) == b"%PDF-" else TEXT
+        is_pdf = decided == PDF
         last = log.last_emitted(VECTORS_PROGRESSED)
         done = last.payload["chunks_done"] if last else 0
         batch_no = last.payload["batch"] if last else 0

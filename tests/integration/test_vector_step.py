@@ -15,7 +15,7 @@ import pytest
 from fpdf import FPDF
 
 from services.core.config import Settings
-from services.core.events import SECURITY_RECORDED, VECTORS_INDEXED, VECTORS_PROGRESSED, Event
+from services.core.events import SECURITY_RECORDED, UPLOAD_COMPLETED, VECTORS_INDEXED, VECTORS_PROGRESSED, Event
 from services.core.step import Interrupted
 from services.core.steplog import StepLog
 from services.vector.adapters import TEXT_MAX
@@ -89,6 +89,7 @@ def secured(uploader: Harness, vector: Harness, source: Path) -> Event:
     sub = submission(source)
     uploader.feed(sub)
     vector.feed_from_another_topic(sub)
+    vector.feed_from_another_topic(uploader.last(sub.document_id, UPLOAD_COMPLETED))  # it says the format
     return sub.follow(SECURITY_RECORDED, "security", document_uuid=sub.document_id, content_sha256="00" * 32)
 
 

@@ -245,18 +245,19 @@ def test_a_repair_redoes_a_completed_documents_forward_work_and_emits_nothing() 
     e = submitted()
     trigger = Event("SecurityRecorded", e.document_id, e.saga_id, {"identity": "x"})
     rt.process(e, at(0))
-    rt.process(trigger, at(1))
-    rt.process(Event("DocumentCompleted", e.document_id, e.saga_id, {}), at(2))
+    rt.process(Event("UploadCompleted", e.document_id, e.saga_id, {}), at(10))  # what the vector step needs too
+    rt.process(trigger, at(11))
+    rt.process(Event("DocumentCompleted", e.document_id, e.saga_id, {}), at(12))
     repair = Event("SecurityRecorded", e.document_id, e.saga_id, {"identity": "x"}, producer=REPAIR_PRODUCER,
                    causation_id=trigger.event_id)
-    assert rt.process(repair, at(3)).action == "repaired"
+    assert rt.process(repair, at(13)).action == "repaired"
     log = rt.store.step_log(e.document_id)
     assert step.calls == 2 and emitted_types(rt, e.document_id) == ["VectorsDone"]
     assert [(m["event_id"], m["emitted"]) for m in log.repaired] == [(repair.event_id, ["VectorsDone"])]
-    assert rt.process(repair, at(4)).action == "duplicate"
+    assert rt.process(repair, at(14)).action == "duplicate"
     stray = Event("SecurityRecorded", e.document_id, e.saga_id, {}, producer=REPAIR_PRODUCER,
                   causation_id=str(uuid.uuid4()))  # names no input this step handled
-    assert rt.process(stray, at(5)).action == "refused" and step.calls == 2
+    assert rt.process(stray, at(15)).action == "refused" and step.calls == 2
 
     other = runtime_for(Recording("graph", []))
     assert other.process(repair, at(0)).action == "ignored"
