@@ -40,12 +40,12 @@ class InProcess:
     def __enter__(self) -> InProcess:
         try:
             for service in SERVICES:
-                step = build_step(service)
+                step = build_step(service, self.settings)
                 env = IN_MEMORY if self.event_store == "memory" else None
                 store = StepStore(service, self.settings, env=env)
                 # the checkpoint records what the service does, minus the relay's publish
                 rt = Runtime(step, self.settings, store=store, checkpoint=_recorder(store))
-                step.start(self.settings)
+                step.start()
                 self.runtimes.append(rt)
         except BaseException:
             self.close()

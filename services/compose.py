@@ -7,6 +7,7 @@ import asyncio
 import importlib
 
 from services.core import logs
+from services.core.config import Settings
 from services.core.runtime import Runtime
 from services.core.saga import BY_SERVICE
 from services.core.step import Step
@@ -25,11 +26,13 @@ def step_class(service: str) -> type[Step]:
     return found[0]
 
 
-def build_step(service: str) -> Step:
-    return step_class(service)()
+def build_step(service: str, settings: Settings) -> Step:
+    """The service's step with its adapters (its bootstrap, `Step.from_settings`)."""
+    return step_class(service).from_settings(settings)
 
 
 def main(service: str) -> None:
     """Entry point of `python -m services.<service>`."""
     logs.configure(service)
-    asyncio.run(Runtime(build_step(service)).run())
+    settings = Settings()
+    asyncio.run(Runtime(build_step(service, settings), settings).run())

@@ -175,7 +175,7 @@ class Runtime:
                     raise
                 logs.warn(self.log, "database unreachable at start, waiting", error=str(e))
                 await asyncio.sleep(1)
-        await asyncio.to_thread(self.step.start, self.settings)
+        await asyncio.to_thread(self.step.start)
         kafka = self.settings.kafka(self.step.service)  # its own principal: it may write only its own topics
         producer = AIOKafkaProducer(**kafka, enable_idempotence=True, acks="all", linger_ms=2)
         consumer = AIOKafkaConsumer(

@@ -89,8 +89,14 @@ class Step(ABC):
     def is_last(self) -> bool:
         return self.row is LAST
 
-    def start(self, settings: Settings) -> None:  # noqa: B027 - optional hook
-        """Open connections (called once, before consuming)."""
+    @classmethod
+    @abstractmethod
+    def from_settings(cls, settings: Settings) -> Step:
+        """The service's bootstrap: the step with its adapters, built from the settings (no I/O).
+        Tests pass in-memory or differently configured adapters to the constructor instead."""
+
+    def start(self) -> None:  # noqa: B027 - optional hook
+        """Open connections (called once, before consuming; idempotent)."""
 
     def stop(self) -> None:  # noqa: B027 - optional hook
         """Close connections (idempotent)."""

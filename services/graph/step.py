@@ -21,35 +21,31 @@ from services.graph.plan import plan_for
 class GraphStep(Step):
     service = "graph"
 
-    def __init__(self, store: GraphStore | None = None) -> None:
+    def __init__(self, store: GraphStore) -> None:
         self.store = store
 
-    def start(self, settings: Settings) -> None:
-        if self.store is None:
-            self.store = GraphStore.of(settings)
+    @classmethod
+    def from_settings(cls, settings: Settings) -> GraphStep:
+        return cls(GraphStore.of(settings))
+
+    def start(self) -> None:
         self.store.open()
 
     def stop(self) -> None:
-        if self.store is not None:
-            self.store.close()
-
-    def _store(self) -> GraphStore:
-        if self.store is None:
-            raise PermanentError("graph step used before start()")
-        return self.store
+        self.store.close()
 
     def handle(self, event: Event, log: StepLog, ctx: Context) -> None:
         submission = log.submission()
         if submission is None:
             raise PermanentError("no DocumentSubmitted received before VectorsIndexed")
         plan = plan_for(submission, log.last_received(SECURITY_RECORDED), event)
-        self._store().apply(plan, after_node=lambda: ctx.checkpoint(log))
+        self.store.apply(plan, after_node=lambda: ctx.checkpoint(log))
         log.emit_event(event.follow(GRAPH_LINKED, self.service, node_id=plan.document.key,
                                     relations=len(plan.relations)))
 
     def undo(self, log: StepLog, ctx: Context) -> Undone:
         # Reads the graph rather than the log: it removes what is there, whatever got written.
-        removal = self._store().remove(log.document_id)
+        removal = self.store.remove(log.document_id)
         detail = (f"document node {removal.document}, {removal.relations} relations deleted, "
                   f"{removal.orphans} unused entity/placeholder nodes deleted")
         removed = removal.relations + removal.orphans + (removal.document != "absent")

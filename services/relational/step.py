@@ -10,7 +10,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from services.core.config import Settings
-from services.core.errors import PermanentError
 from services.core.events import (
     RELATIONAL_RECORDED,
     SECURITY_RECORDED,
@@ -27,30 +26,26 @@ from services.relational.row import TABLE, document_row
 class RelationalStep(Step):
     service = "relational"
 
-    def __init__(self, table: DocumentsTable | None = None) -> None:
+    def __init__(self, table: DocumentsTable) -> None:
         self.table = table
 
-    def start(self, settings: Settings) -> None:
-        if self.table is None:
-            self.table = DocumentsTable(settings.pg_dsn(*settings.service_role(self.service)))
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RelationalStep:
+        return cls(DocumentsTable(settings.pg_dsn(*settings.service_role(cls.service))))
+
+    def start(self) -> None:
         self.table.open()
 
     def stop(self) -> None:
-        if self.table is not None:
-            self.table.close()
-
-    def _table(self) -> DocumentsTable:
-        if self.table is None:
-            raise PermanentError("relational step used before start()")
-        return self.table
+        self.table.close()
 
     def handle(self, event: Event, log: StepLog, ctx: Context) -> None:
         now = datetime.now(UTC)
         row = document_row(log.submission(), log.last_received(UPLOAD_COMPLETED),
                            log.last_received(SECURITY_RECORDED), log.last_received(VECTORS_INDEXED), now)
-        self._table().upsert(row)
+        self.table.upsert(row)
         log.emit_event(event.follow(RELATIONAL_RECORDED, self.service, table=TABLE, row_id=row.document_id))
 
     def undo(self, log: StepLog, ctx: Context) -> Undone:
-        removed = self._table().delete(log.document_id)
+        removed = self.table.delete(log.document_id)
         return Undone(f"{removed} row deleted from {TABLE}", removed)

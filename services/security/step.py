@@ -72,22 +72,18 @@ class SecurityStep(Step):
     # The audit trail covers every saga event of a document except progress ticks.
     observes = frozenset(t for t in ALL_EVENT_TYPES if t not in PROGRESS_EVENTS)
 
-    def __init__(self, store: SecurityStore | None = None) -> None:
+    def __init__(self, store: SecurityStore) -> None:
         self.store = store
 
-    def start(self, settings: Settings) -> None:
-        if self.store is None:
-            self.store = SecurityStore(settings.pg_dsn(*settings.service_role(self.service)))
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SecurityStep:
+        return cls(SecurityStore(settings.pg_dsn(*settings.service_role(cls.service))))
+
+    def start(self) -> None:
         self.store.open()
 
     def stop(self) -> None:
-        if self.store is not None:
-            self.store.close()
-
-    def _store(self) -> SecurityStore:
-        if self.store is None:
-            raise PermanentError("security step used before start()")
-        return self.store
+        self.store.close()
 
     def handle(self, event: Event, log: StepLog, ctx: Context) -> None:
         submission = log.submission()
@@ -99,16 +95,16 @@ class SecurityStep(Step):
                            submitter=record.submitter)
         # The entry is keyed by the outgoing event's id (independent of its payload), so when
         # SecurityRecorded comes back from Kafka, observing it adds nothing.
-        seq = self._store().record_identity(record, audit_draft(out))
+        seq = self.store.record_identity(record, audit_draft(out))
         log.emit_event(out.with_payload(audit_entry=seq))
 
     def undo(self, log: StepLog, ctx: Context) -> Undone:
         doc = log.document_id
-        removed = self._store().remove_identity(doc, lambda row: removal_note(doc, row))
+        removed = self.store.remove_identity(doc, lambda row: removal_note(doc, row))
         if removed:
             return Undone("security record deleted; audit trail notes the removal", removed)
         return Undone("no security record to delete", 0)
 
     def observe(self, event: Event, ctx: Context) -> None:
         """Appends `event` to the audit trail (a redelivered event adds nothing: UNIQUE event_id)."""
-        self._store().append(audit_draft(event))
+        self.store.append(audit_draft(event))

@@ -31,8 +31,12 @@ logger = logging.getLogger("uploader")
 class UploaderStep(Step):
     service = "uploader"
 
-    def start(self, settings: Settings) -> None:
-        self.chunks = ChunkStore(settings.chunk_store_dir)
+    def __init__(self, chunks: ChunkStore) -> None:
+        self.chunks = chunks
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> UploaderStep:
+        return cls(ChunkStore(settings.chunk_store_dir))
 
     def handle(self, event: Event, log: StepLog, ctx: Context) -> None:
         first = log.submission()
@@ -151,7 +155,7 @@ class UploaderStep(Step):
         return length
 
     def undo(self, log: StepLog, ctx: Context) -> Undone:
-        removed = ChunkStore(ctx.settings.chunk_store_dir).delete(log.document_id)
+        removed = self.chunks.delete(log.document_id)
         return Undone(f"deleted {removed} stored chunks", removed)
 
 

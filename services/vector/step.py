@@ -43,14 +43,20 @@ logger = logging.getLogger("vector")
 class VectorStep(Step):
     service = "vector"
 
-    def start(self, settings: Settings) -> None:
-        self.chunks = ChunkStore(settings.chunk_store_dir)
-        self.vectors = VectorIndex(settings.milvus_uri, settings.milvus_collection).open(serve=True)
-        self.embedder: Embedder = load_embedder(settings.embedder, model_dir=settings.model_dir)  # type: ignore[arg-type]
+    def __init__(self, chunks: ChunkStore, vectors: VectorIndex, embedder: Embedder) -> None:
+        self.chunks, self.vectors, self.embedder = chunks, vectors, embedder
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> VectorStep:
+        embedder = load_embedder(settings.embedder, model_dir=settings.model_dir)  # type: ignore[arg-type]
+        return cls(ChunkStore(settings.chunk_store_dir), VectorIndex(settings.milvus_uri, settings.milvus_collection),
+                   embedder)
+
+    def start(self) -> None:
+        self.vectors.open(serve=True)  # serves its milvus-lite file to the CLI and tests
 
     def stop(self) -> None:
-        if hasattr(self, "vectors"):
-            self.vectors.close()
+        self.vectors.close()
 
     def handle(self, event: Event, log: StepLog, ctx: Context) -> None:
         if log.has_emitted(VECTORS_INDEXED):

@@ -19,8 +19,12 @@ class IntegrityMismatch(PermanentError):
 class VerifierStep(Step):
     service = "verifier"
 
-    def start(self, settings: Settings) -> None:
-        self.chunks = ChunkStore(settings.chunk_store_dir)
+    def __init__(self, chunks: ChunkStore) -> None:
+        self.chunks = chunks
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> VerifierStep:
+        return cls(ChunkStore(settings.chunk_store_dir))
 
     def handle(self, event: Event, log: StepLog, ctx: Context) -> None:
         if log.has_emitted(INTEGRITY_VERIFIED):

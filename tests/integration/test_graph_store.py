@@ -27,8 +27,8 @@ def settings(stack: Settings) -> Settings:
 
 @pytest.fixture(scope="module")
 def step(settings: Settings) -> Iterator[GraphStep]:
-    s = GraphStep()
-    s.start(settings)
+    s = GraphStep.from_settings(settings)
+    s.start()
     yield s
     s.stop()
     s.stop()  # idempotent
@@ -36,7 +36,6 @@ def step(settings: Settings) -> Iterator[GraphStep]:
 
 @pytest.fixture
 def store(step: GraphStep) -> GraphStore:
-    assert step.store is not None
     return step.store
 
 
@@ -162,11 +161,11 @@ def test_deployments_sharing_the_database_never_see_touch_or_keep_each_others_no
     doc, t = str(uuid.uuid4()), tag()
     events = saga(doc, author=f"Ada {t}")
     elsewhere = GraphStep(GraphStore.of(replace(settings, deployment=f"{settings.deployment}-elsewhere")))
-    elsewhere.start(settings)
+    elsewhere.start()
     try:
         run(step, settings, events)
         run(elsewhere, settings, events)
-        assert elsewhere.store is not None and elsewhere.store.node("Document", doc) is not None
+        assert elsewhere.store.node("Document", doc) is not None
         assert count(store, [f"Ada {t}"], [doc]) == (4, 2)  # two documents, two authors, one relation each
         undo(elsewhere, settings, doc)
         assert store.relations(doc) == {("AUTHORED_BY", "Person", f"Ada {t}")}

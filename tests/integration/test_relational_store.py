@@ -34,8 +34,8 @@ def settings(stack: Settings) -> Settings:
 
 @pytest.fixture(scope="module")
 def step(settings: Settings) -> Iterator[RelationalStep]:
-    s = RelationalStep()
-    s.start(settings)
+    s = RelationalStep.from_settings(settings)
+    s.start()
     yield s
     s.stop()
 
@@ -68,7 +68,6 @@ def test_row_lands_and_saga_completes(step: RelationalStep, settings: Settings) 
     doc = str(uuid.uuid4())
     events = saga(doc)
     log = run(step, settings, events)
-    assert step.table is not None
     row = step.table.get(doc)
     assert row is not None
     assert (row["saga_id"], row["title"], row["content_sha256"], row["chunk_count"], row["page_count"],
@@ -83,7 +82,6 @@ def test_handling_twice_changes_nothing(step: RelationalStep, settings: Settings
     doc = str(uuid.uuid4())
     events = saga(doc)
     first = run(step, settings, events)
-    assert step.table is not None
     row1 = step.table.get(doc)
     second = run(step, settings, events)
     row2 = step.table.get(doc)
@@ -97,5 +95,5 @@ def test_undo_deletes_the_row(step: RelationalStep, settings: Settings) -> None:
     doc = str(uuid.uuid4())
     log = run(step, settings, saga(doc))
     assert step.undo(log, Context(settings)).removed == 1
-    assert step.table is not None and step.table.get(doc) is None
+    assert step.table.get(doc) is None
     assert step.undo(log, Context(settings)).removed == 0

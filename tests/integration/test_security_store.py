@@ -28,8 +28,8 @@ def settings(stack: Settings) -> Settings:
 
 @pytest.fixture(scope="module")
 def step(settings: Settings) -> Iterator[SecurityStep]:
-    s = SecurityStep()
-    s.start(settings)
+    s = SecurityStep.from_settings(settings)
+    s.start()
     yield s
     s.stop()
     s.stop()  # idempotent
@@ -64,7 +64,6 @@ def run(step: SecurityStep, settings: Settings, sub: Event) -> tuple[Event, Step
 def test_identity_and_audit_entry_land(step: SecurityStep, settings: Settings) -> None:
     doc = str(uuid.uuid4())
     out, _ = run(step, settings, submitted(doc))
-    assert step.store is not None
     identity = step.store.identity(doc)
     assert identity is not None
     assert (str(identity["identity"]), identity["content_sha256"], identity["classification"],
@@ -82,7 +81,6 @@ def test_handling_twice_changes_nothing(step: SecurityStep, settings: Settings) 
     sub = submitted(doc)
     first, _ = run(step, settings, sub)
     second, _ = run(step, settings, sub)
-    assert step.store is not None
     assert (first.event_id, first.payload["audit_entry"]) == (second.event_id, second.payload["audit_entry"])
     assert len(step.store.entries(doc)) == 1
 
@@ -94,7 +92,6 @@ def test_observe_appends_each_event_once(step: SecurityStep, settings: Settings)
     ctx = Context(settings)
     for event in (sub, sub, out, out):  # redeliveries; SecurityRecorded is already in the trail
         step.observe(event, ctx)
-    assert step.store is not None
     entries = step.store.entries(doc)
     assert [e.event_type for e in entries] == [SECURITY_RECORDED, DOCUMENT_SUBMITTED]
     assert entries[1].detail["payload"]["title"] == "Audit test"
@@ -104,7 +101,6 @@ def test_observe_appends_each_event_once(step: SecurityStep, settings: Settings)
 def test_undo_deletes_the_record_and_keeps_the_trail(step: SecurityStep, settings: Settings) -> None:
     doc = str(uuid.uuid4())
     _, log = run(step, settings, submitted(doc))
-    assert step.store is not None
     undone = step.undo(log, Context(settings))
     assert undone.removed == 1
     assert step.store.identity(doc) is None
@@ -119,7 +115,7 @@ def test_undo_deletes_the_record_and_keeps_the_trail(step: SecurityStep, setting
 def test_undo_of_nothing(step: SecurityStep, settings: Settings) -> None:
     doc = str(uuid.uuid4())
     assert step.undo(StepLog("security", doc), Context(settings)).removed == 0
-    assert step.store is not None and step.store.entries(doc) == []
+    assert step.store.entries(doc) == []
 
 
 def problems_at(conn: psycopg.Connection) -> set[tuple[int, str]]:
@@ -174,5 +170,5 @@ def test_concurrent_appends_keep_one_chain(step: SecurityStep, settings: Setting
         t.start()
     for t in threads:
         t.join()
-    assert step.store is not None and len(step.store.entries(doc)) == 24
+    assert len(step.store.entries(doc)) == 24
     assert problems_at(admin) - before == set()

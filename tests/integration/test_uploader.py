@@ -86,7 +86,7 @@ class Harness:
 def harness(step: Step, settings: Settings, *, started: bool = False, store: StepStore | None = None) -> Harness:
     """`store`: another harness's event store, as a restarted service finds it."""
     if not started:
-        step.start(settings)
+        step.start()
     store = store or StepStore(step.service, env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
     hooks: list[Callable[[StepLog], None]] = []
 
@@ -149,7 +149,7 @@ def settings(tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def uploader(settings: Settings) -> Harness:
-    return harness(UploaderStep(), settings)
+    return harness(UploaderStep.from_settings(settings), settings)
 
 
 @pytest.fixture
@@ -262,7 +262,7 @@ def test_a_refused_file_fails_the_upload_with_an_actionable_reason_and_stores_no
     case: str, tmp_path: Path
 ) -> None:
     settings = make_settings(tmp_path, max_file_bytes=4096)
-    uploader = harness(UploaderStep(), settings)
+    uploader = harness(UploaderStep.from_settings(settings), settings)
     make, expected = REFUSALS[case]
     sub = submission(make(settings.allowed_root, tmp_path))
     uploader.feed(sub)
@@ -282,7 +282,7 @@ def test_an_unreadable_file_is_refused_with_a_reason(tmp_path: Path) -> None:
     0700), by `validate`: the uploader's own check, the first thing its step does."""
     if os.geteuid() != 0:
         settings = make_settings(tmp_path)
-        uploader = harness(UploaderStep(), settings)
+        uploader = harness(UploaderStep.from_settings(settings), settings)
         source = _write(settings.allowed_root / "locked.pdf", PDF_HEAD + b"locked\n")
         source.chmod(0)
         sub = submission(source)
@@ -419,7 +419,7 @@ def crash_after(h: Harness, stored: int, graceful: bool = False) -> None:
 @pytest.mark.parametrize("parallelism", [1, 2])
 def test_a_crash_mid_upload_redoes_at_most_the_chunks_in_flight(tmp_path: Path, parallelism: int) -> None:
     settings = make_settings(tmp_path, upload_parallelism=parallelism)
-    uploader, store = harness(UploaderStep(), settings), ChunkStore(settings.chunk_store_dir)
+    uploader, store = harness(UploaderStep.from_settings(settings), settings), ChunkStore(settings.chunk_store_dir)
     source = binary_pdf(settings.allowed_root / "crash.pdf", 20 * 64 * 1024 + 7)
     sub = submission(source)
     crash_after(uploader, stored=6)
@@ -463,14 +463,15 @@ def test_a_stopped_upload_resumes_without_redoing_a_chunk(
 
 def test_a_resumed_upload_keeps_the_chunk_size_it_started_with(tmp_path: Path) -> None:
     settings = make_settings(tmp_path)
-    uploader = harness(UploaderStep(), settings)
+    uploader = harness(UploaderStep.from_settings(settings), settings)
     source = binary_pdf(settings.allowed_root / "resize.pdf", 8 * 64 * 1024)
     sub = submission(source)
     crash_after(uploader, stored=3)
     with pytest.raises(Crash):
         uploader.feed(sub, offset=1)
     # The service restarts with another UDS3_CHUNK_BYTES; the event store keeps the upload's own.
-    restarted = harness(UploaderStep(), make_settings(tmp_path, chunk_bytes=100_000), store=uploader.runtime.store)
+    again = make_settings(tmp_path, chunk_bytes=100_000)
+    restarted = harness(UploaderStep.from_settings(again), again, store=uploader.runtime.store)
     restarted.feed(sub, offset=1)
     done = restarted.last(sub.document_id, UPLOAD_COMPLETED).payload
     assert done["chunk_count"] == 8

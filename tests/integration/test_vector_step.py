@@ -41,8 +41,8 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 @pytest.fixture(scope="module")
 def step(settings: Settings) -> Iterator[VectorStep]:
     """One vector step (model + embedded milvus-lite file) for the module: it takes a few seconds to open."""
-    s = VectorStep()
-    s.start(settings)
+    s = VectorStep.from_settings(settings)
+    s.start()
     yield s
     s.stop()
     from milvus_lite.server_manager import server_manager_instance
@@ -80,7 +80,7 @@ def vector(step: VectorStep, settings: Settings, embedder: CountingEmbedder) -> 
 def uploader(settings: Settings) -> Harness:
     from services.uploader.step import UploaderStep
 
-    return harness(UploaderStep(), settings)
+    return harness(UploaderStep.from_settings(settings), settings)
 
 
 def secured(uploader: Harness, vector: Harness, source: Path) -> Event:

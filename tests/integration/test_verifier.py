@@ -33,12 +33,12 @@ def settings(tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def uploader(settings: Settings) -> Harness:
-    return harness(UploaderStep(), settings)
+    return harness(UploaderStep.from_settings(settings), settings)
 
 
 @pytest.fixture
 def verifier(settings: Settings) -> Harness:
-    return harness(VerifierStep(), settings)
+    return harness(VerifierStep.from_settings(settings), settings)
 
 
 @pytest.fixture

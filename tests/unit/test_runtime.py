@@ -20,6 +20,10 @@ from services.core.store import OUTBOX, StepStore
 class Recording(Step):
     """A service's step whose forward work and undo are scripted by the test."""
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Recording:
+        raise NotImplementedError("scripted by the test, not built from settings")
+
     def __init__(self, service: str, script: list[Exception | None]) -> None:
         self.service = service  # its row of the saga table: trigger, needs, undo
         self.script = script

@@ -28,7 +28,8 @@ def test_each_step_is_undone_by_the_failure_or_compensation_of_the_next() -> Non
 def test_every_row_has_its_service_folder_and_the_step_there_follows_the_row() -> None:
     for row in SAGA:
         assert (Path("services") / row.service / "step.py").is_file()
-        step = step_class(row.service)()
+        cls = step_class(row.service)
+        step = cls.__new__(cls)  # its row only: no adapters needed
         assert (step.step, step.reacts_to, step.needs) == (row.name, {row.trigger}, row.needs)
 
 
