@@ -21,10 +21,10 @@ from rich.table import Table
 
 from services.cli.ops import audit_app, dlq_app, saga_compensate, saga_retry
 from services.client import Client
-from services.core import topics
+from services.core import messages, topics
 from services.core.config import Settings
 from services.core.errors import UNREACHABLE
-from services.core.events import TERMINAL_EVENTS, Event
+from services.core.events import TERMINAL_EVENTS, UPLOAD_PROGRESSED, VECTORS_PROGRESSED, Event
 from services.core.saga import SAGA, STEPS
 from services.core.validation import DEFAULT_SECURITY_LEVEL, InvalidInput, uuid_id
 
@@ -156,19 +156,21 @@ async def follow(client: Client, document_id: str, since_ms: int | None) -> Even
 
 def update_bars(bars: Progress, tasks: dict[str, Any], e: Event) -> None:
     p = e.payload
-    if e.event_type == "UploadProgressed":
+    if e.event_type == UPLOAD_PROGRESSED:
+        up = messages.UploadProgressed.of(e)
         bars.update(
             tasks["Upload"],
-            total=p["bytes_total"],
-            completed=p["bytes_done"],
-            info=f"{p['bytes_done'] / 1e6:.0f}/{p['bytes_total'] / 1e6:.0f} MB {p['bytes_per_second'] / 1e6:.0f} MB/s",
+            total=up.bytes_total,
+            completed=up.bytes_done,
+            info=f"{up.bytes_done / 1e6:.0f}/{up.bytes_total / 1e6:.0f} MB {up.bytes_per_second / 1e6:.0f} MB/s",
         )
-    elif e.event_type == "VectorsProgressed":
+    elif e.event_type == VECTORS_PROGRESSED:
+        vec = messages.VectorsProgressed.of(e)
         bars.update(
             tasks["Vectors"],
-            total=p["pages_total"] or None,
-            completed=p["pages_done"],
-            info=f"{p['chunks_done']} chunks, {p['chunks_per_second']:.0f}/s",
+            total=vec.pages_total or None,
+            completed=vec.pages_done,
+            info=f"{vec.chunks_done} chunks, {vec.chunks_per_second:.0f}/s",
         )
     for step in SAGA:
         if e.event_type == step.success:

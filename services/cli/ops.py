@@ -21,6 +21,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from services.core import messages
 from services.core.config import Settings
 from services.core.events import COMPENSATION_FAILED, NAMESPACE, Event
 from services.core.runtime import REDRIVE_PRODUCER, REPAIR_PRODUCER
@@ -198,12 +199,15 @@ class Letter:
     partition: int  # of the dead-letter topic
     offset: int  # of the dead-letter topic
     key: bytes | None
-    event: Event  # the DeadLetter event: payload original/topic/partition/offset/error/consumer_group
+    event: Event  # the DeadLetter event
+
+    @property
+    def parked(self) -> messages.DeadLetter:
+        return messages.DeadLetter.of(self.event)
 
     @property
     def origin(self) -> tuple[str, int, int]:
-        p = self.event.payload
-        return str(p["topic"]), int(p["partition"]), int(p["offset"])
+        return self.parked.topic, self.parked.partition, self.parked.offset
 
     @property
     def origin_text(self) -> str:
@@ -223,11 +227,11 @@ class LetterGroup:
 
     @property
     def groups(self) -> list[str]:
-        return sorted({str(x.event.payload["consumer_group"]) for x in self.letters})
+        return sorted({x.parked.consumer_group for x in self.letters})
 
     @property
     def errors(self) -> list[str]:
-        return list(dict.fromkeys(str(x.event.payload["error"]) for x in self.letters))
+        return list(dict.fromkeys(x.parked.error for x in self.letters))
 
 
 def group_letters(letters: Sequence[Letter]) -> list[LetterGroup]:
@@ -278,7 +282,7 @@ def dlq_list(as_json: bool = typer.Option(False, "--json", help="one JSON object
                 "offset": g.first.offset, "dlq_offsets": [x.offset for x in g.letters],
                 "origin": {"topic": topic, "partition": partition, "offset": offset},
                 "groups": g.groups, "key": (g.first.key or b"").decode("utf-8", "replace"), "errors": g.errors,
-                "bytes": len(g.first.event.payload["original"]),
+                "bytes": len(g.first.parked.original),
             }))
         return
     table = Table("offset", "origin", "groups", "key", "error")
@@ -300,8 +304,7 @@ def dlq_show(
     letters = asyncio.run(read_letters(Settings()))
     letter = _find(letters, offset, partition)
     same = next(g for g in group_letters(letters) if g.first.origin == letter.origin)
-    p = letter.event.payload
-    original: bytes = p["original"]
+    original = letter.parked.original
     out.print(f"dead letter {letter.partition}:{letter.offset} at {letter.event.occurred_at.isoformat()}")
     out.print(f"  origin    {letter.origin_text}")
     out.print(f"  key       {(letter.key or b'').decode('utf-8', 'replace')}")
@@ -325,7 +328,7 @@ async def redrive_letter(settings: Settings, letter: Letter) -> None:
     await producer.start()
     try:
         key = letter.key if letter.key and letter.key != b"unknown" else None
-        await producer.send_and_wait(topic, bytes(letter.event.payload["original"]), key=key, partition=partition)
+        await producer.send_and_wait(topic, letter.parked.original, key=key, partition=partition)
     finally:
         await producer.stop()
 
@@ -343,7 +346,7 @@ def dlq_redrive(
     settings = Settings()
     letter = _find(asyncio.run(read_letters(settings)), offset, partition)
     asyncio.run(redrive_letter(settings, letter))
-    out.print(f"re-published {len(letter.event.payload['original'])} bytes to {letter.origin[0]}:{letter.origin[1]}")
+    out.print(f"re-published {len(letter.parked.original)} bytes to {letter.origin[0]}:{letter.origin[1]}")
 
 
 # --- re-driving sagas -----------------------------------------------------------------------

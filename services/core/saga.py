@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from services.core import messages
 from services.core.events import (
     CHUNK_STORED,
     COMPENSATION_FAILED,
@@ -137,9 +138,10 @@ def completion(log: StepLog, now: datetime) -> dict[str, Any]:
     submission, security, vectors = log.submission(), log.last_received(SECURITY_RECORDED), \
         log.last_received(VECTORS_INDEXED)
     assert submission and security and vectors, "the last step runs only once it has what it needs"
+    indexed = messages.VectorsIndexed.of(vectors)
     return {
-        "content_sha256": str(security.payload["content_sha256"]).lower(),
-        "chunk_count": vectors.payload["chunk_count"],
-        "page_count": vectors.payload["page_count"],
+        "content_sha256": messages.SecurityRecorded.of(security).content_sha256.lower(),
+        "chunk_count": indexed.chunk_count,
+        "page_count": indexed.page_count,
         "duration_ms": max(0, int((now - submission.occurred_at).total_seconds() * 1000)),
     }

@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.core import messages
 from services.core.errors import PermanentError
 from services.core.events import Event
 from services.core.validation import DEFAULT_SECURITY_LEVEL
@@ -70,24 +71,25 @@ def plan_for(submission: Event, security: Event | None, vectors: Event) -> Graph
     """The plan for a document from its submission, SecurityRecorded and VectorsIndexed (pure)."""
     if security is None:
         raise PermanentError("no SecurityRecorded received before VectorsIndexed")
-    sub, doc_id = submission.payload, submission.document_id
+    sub, doc_id = messages.DocumentSubmitted.of(submission), submission.document_id
+    indexed = messages.VectorsIndexed.of(vectors)
     document = Node("Document", doc_id, {
-        "title": clean(sub.get("title")) or None,
-        "sha256": str(security.payload["content_sha256"]),
-        "pages": int(vectors.payload.get("page_count") or 0),
-        "chunks": int(vectors.payload.get("chunk_count") or 0),
-        "security_level": str(sub.get("security_level") or DEFAULT_SECURITY_LEVEL),
+        "title": clean(sub.title) or None,
+        "sha256": messages.SecurityRecorded.of(security).content_sha256,
+        "pages": indexed.page_count,
+        "chunks": indexed.chunk_count,
+        "security_level": sub.security_level or DEFAULT_SECURITY_LEVEL,
         "saga_id": submission.saga_id,
         "placeholder": False,
     })
-    metadata: Mapping[str, Any] = sub.get("metadata") or {}
+    metadata: Mapping[str, Any] = sub.metadata
     issuer = next((metadata[k] for k in ISSUER_KEYS if clean(metadata.get(k))), None)
     wanted: list[tuple[str, Iterable[object]]] = [
-        ("AUTHORED_BY", str(sub.get("author") or "").split(";")),
-        ("BELONGS_TO", [sub.get("organisation")]),
+        ("AUTHORED_BY", (sub.author or "").split(";")),
+        ("BELONGS_TO", [sub.organisation]),
         ("ISSUED_BY", [issuer]),
-        ("PART_OF_CASE", [sub.get("case_number")]),
-        ("REFERENCES", [r for r in sub.get("references") or [] if clean(r) != doc_id]),
+        ("PART_OF_CASE", [sub.case_number]),
+        ("REFERENCES", [r for r in sub.references if clean(r) != doc_id]),
     ]
     relations: dict[Relation, None] = {}  # ordered set: duplicates collapse
     for rel_type, names in wanted:

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
+from services.core import messages
 from services.core.errors import PermanentError
 from services.core.events import Event
 from services.core.validation import DEFAULT_SECURITY_LEVEL
@@ -51,26 +52,27 @@ def document_row(submission: Event | None, upload: Event | None, security: Event
     """The row; refuses facts that disagree (G2: every store names the same content)."""
     f = _require({"DocumentSubmitted": submission, "UploadCompleted": upload,
                    "SecurityRecorded": security, "VectorsIndexed": vectors})
-    sub, up, sec, vec = (f[k].payload for k in ("DocumentSubmitted", "UploadCompleted",
-                                                 "SecurityRecorded", "VectorsIndexed"))
-    sha = str(sec["content_sha256"])
-    if str(up.get("sha256", sha)).lower() != sha.lower():
-        raise PermanentError(f"content hash disagrees: upload {up.get('sha256')} vs security {sha}")
+    sub = messages.DocumentSubmitted.of(f["DocumentSubmitted"])
+    up = messages.UploadCompleted.of(f["UploadCompleted"])
+    vec = messages.VectorsIndexed.of(f["VectorsIndexed"])
+    sha = messages.SecurityRecorded.of(f["SecurityRecorded"]).content_sha256
+    if up.sha256.lower() != sha.lower():
+        raise PermanentError(f"content hash disagrees: upload {up.sha256} vs security {sha}")
     return DocumentRow(
         document_id=f["DocumentSubmitted"].document_id,
         saga_id=f["DocumentSubmitted"].saga_id,
-        title=sub.get("title"),
-        author=sub.get("author"),
-        organisation=sub.get("organisation"),
-        case_number=sub.get("case_number"),
-        content_type=str(up.get("content_type") or sub.get("content_type") or "application/octet-stream"),
-        source_uri=str(sub["source_uri"]),
-        size_bytes=int(up.get("size_bytes", sub.get("size_bytes", 0))),  # measured beats declared
-        page_count=int(vec["page_count"]),
-        chunk_count=int(vec["chunk_count"]),  # text chunks = vectors stored (not upload chunks)
+        title=sub.title,
+        author=sub.author,
+        organisation=sub.organisation,
+        case_number=sub.case_number,
+        content_type=up.content_type or sub.content_type or "application/octet-stream",
+        source_uri=sub.source_uri,
+        size_bytes=up.size_bytes,  # measured beats declared
+        page_count=vec.page_count,
+        chunk_count=vec.chunk_count,  # text chunks = vectors stored (not upload chunks)
         content_sha256=sha.lower(),
-        security_level=str(sub.get("security_level") or DEFAULT_SECURITY_LEVEL),
-        metadata={str(k): str(v) for k, v in (sub.get("metadata") or {}).items()},
+        security_level=sub.security_level or DEFAULT_SECURITY_LEVEL,
+        metadata=dict(sub.metadata),
         status=COMPLETED,
         submitted_at=f["DocumentSubmitted"].occurred_at,
         completed_at=now,

@@ -13,6 +13,7 @@ import re
 import uuid
 from typing import Any
 
+from services.core import messages
 from services.core.config import Settings
 from services.core.errors import PermanentError
 from services.core.events import NAMESPACE, PROGRESS_EVENTS, SECURITY_RECORDED, Event
@@ -34,16 +35,16 @@ def identity_of(document_id: str) -> str:
 
 def identity_record(submission: Event, verified: Event) -> Identity:
     """The identity record from the submission and the verifier's result (pure)."""
-    sha = str(verified.payload.get("sha256") or "").lower()
+    sha = messages.IntegrityVerified.of(verified).sha256.lower()
     if not _SHA256.match(sha):
         raise PermanentError(f"IntegrityVerified carries no valid sha256: {sha!r}")
-    p = submission.payload
+    sub = messages.DocumentSubmitted.of(submission)
     return Identity(
         document_id=submission.document_id,
         identity=identity_of(submission.document_id),
         content_sha256=sha,
-        classification=str(p.get("security_level") or DEFAULT_SECURITY_LEVEL),  # the schema's default
-        submitter=str(p.get("submitter") or ""),
+        classification=sub.security_level or DEFAULT_SECURITY_LEVEL,
+        submitter=sub.submitter,
     )
 
 

@@ -9,6 +9,7 @@ import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+from services.core import messages
 from services.core.chunkstore import ChunkRef, ChunkStore
 from services.core.config import Settings
 from services.core.events import (
@@ -46,14 +47,15 @@ class UploaderStep(Step):
             return
         if log.has_emitted(UPLOAD_COMPLETED):
             return
-        p = event.payload
-        valid = validate(p["source_uri"], ctx.settings.allowed_root, ctx.settings.max_file_bytes)
-        started = log.last_emitted(UPLOAD_STARTED)
+        source = messages.DocumentSubmitted.of(event).source_uri
+        valid = validate(source, ctx.settings.allowed_root, ctx.settings.max_file_bytes)
+        last = log.last_emitted(UPLOAD_STARTED)
+        started = messages.UploadStarted.of(last) if last else None
         # A resumed upload keeps the chunking it started with (UDS3_CHUNK_BYTES may have changed since).
-        chunk_size = started.payload["chunk_size"] if started else ctx.settings.chunk_bytes
-        if started and started.payload["total_bytes"] != valid.size:
+        chunk_size = started.chunk_size if started else ctx.settings.chunk_bytes
+        if started and started.total_bytes != valid.size:
             raise Refused(
-                f"{valid.path}: changed while it was being uploaded ({started.payload['total_bytes']} bytes when "
+                f"{valid.path}: changed while it was being uploaded ({started.total_bytes} bytes when "
                 f"the upload started, {valid.size} now); submit it again once it is complete"
             )
         total_chunks = -(-valid.size // chunk_size)
@@ -70,7 +72,7 @@ class UploaderStep(Step):
                 )
             )
             ctx.checkpoint(log)
-        stored = {c.payload["index"]: c for c in log.emitted_of(CHUNK_STORED)}
+        stored = {c.index: c for c in map(messages.ChunkStored.of, log.emitted_of(CHUNK_STORED))}
         refs, sha = self._upload(event, log, ctx, valid.path, valid.size, chunk_size, operation_id, stored)
         manifest = self.chunks.write_manifest(event.document_id, refs, sha, valid.size)
         log.emit_event(
@@ -95,7 +97,7 @@ class UploaderStep(Step):
         size: int,
         chunk_size: int,
         operation_id: str,
-        stored: dict[int, Event],
+        stored: dict[int, messages.ChunkStored],
     ) -> tuple[list[ChunkRef], str]:
         """Reads the file once in order (whole-file hash) while missing chunks are written.
 
@@ -104,7 +106,7 @@ class UploaderStep(Step):
         those: every finished chunk is checkpointed as ChunkStored.
         """
         whole = hashlib.sha256()
-        refs = [ChunkRef(i, e.payload["offset"], e.payload["length"], e.payload["sha256"]) for i, e in stored.items()]
+        refs = [ChunkRef(i, c.offset, c.length, c.sha256) for i, c in stored.items()]
         pending: list[tuple[int, int, int, Future[str]]] = []
         reporter = _Progress(event, log, size, self.service)
         done_bytes = sum(r.length for r in refs)

@@ -15,7 +15,7 @@ import time
 from collections.abc import Generator, Iterator
 from typing import Any
 
-from services.core import logs
+from services.core import logs, messages
 from services.core.chunkstore import ChunkStore
 from services.core.config import Settings
 from services.core.errors import PermanentError
@@ -62,14 +62,15 @@ class VectorStep(Step):
         if log.has_emitted(VECTORS_INDEXED):
             return
         upload = log.last_received(UPLOAD_COMPLETED)  # the uploader decided the format from the bytes
-        decided = upload.payload.get("content_type") if upload else None
+        decided = messages.UploadCompleted.of(upload).content_type if upload else None
         if not decided:  # an UploadCompleted of schema version 1 does not say: the stored bytes do
             with self.chunks.open(event.document_id) as f:
                 decided = PDF if f.read(5) == b"%PDF-" else TEXT
         is_pdf = decided == PDF
         last = log.last_emitted(VECTORS_PROGRESSED)
-        done = last.payload["chunks_done"] if last else 0
-        batch_no = last.payload["batch"] if last else 0
+        progressed = messages.VectorsProgressed.of(last) if last else None
+        done = progressed.chunks_done if progressed else 0
+        batch_no = progressed.batch if progressed else 0
         stats = _Stats()
         started = time.monotonic()
         chunks = self._chunks(event.document_id, is_pdf, stats, ctx.settings)

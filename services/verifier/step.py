@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
+from services.core import messages
 from services.core.chunkstore import ChunkStore
 from services.core.config import Settings
 from services.core.errors import PermanentError
@@ -29,9 +30,10 @@ class VerifierStep(Step):
     def handle(self, event: Event, log: StepLog, ctx: Context) -> None:
         if log.has_emitted(INTEGRITY_VERIFIED):
             return
-        streamed = event.payload["sha256"]
+        upload = messages.UploadCompleted.of(event)
+        streamed = upload.sha256
         sub = log.submission()
-        declared = sub.payload.get("declared_sha256") if sub else None
+        declared = messages.DocumentSubmitted.of(sub).declared_sha256 if sub else None
         if declared and declared.lower() != streamed:
             raise IntegrityMismatch(f"declared sha256 {declared} does not match the uploaded content {streamed}")
         whole = hashlib.sha256()
@@ -40,9 +42,8 @@ class VerifierStep(Step):
             refs = self.chunks.manifest(event.document_id)
         except FileNotFoundError as e:
             raise IntegrityMismatch("the upload's manifest is missing from the chunk store") from e
-        if len(refs) != event.payload["chunk_count"]:
-            reported = event.payload["chunk_count"]
-            raise IntegrityMismatch(f"manifest lists {len(refs)} chunks, the upload reported {reported}")
+        if len(refs) != upload.chunk_count:
+            raise IntegrityMismatch(f"manifest lists {len(refs)} chunks, the upload reported {upload.chunk_count}")
         for ref in refs:
             ctx.check_stop()
             try:

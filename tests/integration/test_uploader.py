@@ -119,7 +119,8 @@ def submission(source: str | Path, *, doc: str | None = None, **payload: object)
         doc or str(uuid.uuid4()),
         str(uuid.uuid4()),
         producer="client",
-        payload={"source_uri": str(source), "title": "integration", "submitter": "tester", **payload},
+        payload={"source_uri": str(source), "size_bytes": 0, "content_type": "", "title": "integration",
+                 "submitter": "tester", **payload},
     )
 
 

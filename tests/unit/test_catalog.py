@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from typing import Any
 
+import pytest
 import yaml
 
-from services.core import codec, topics
+from services.core import codec, messages, topics
 from services.core.events import (
     COMPENSATION_FAILED,
     DEAD_LETTER,
@@ -20,6 +23,7 @@ from services.core.events import (
 )
 from services.core.saga import OWNER
 from services.operator import catalog
+from tests.unit.test_codec import sample_events
 
 REGENERATE = "out of date: run `.venv/bin/python -m services.operator.catalog` and commit docs/"
 
@@ -84,6 +88,20 @@ def test_committed_asyncapi_is_up_to_date() -> None:
 
 def test_committed_event_catalog_is_up_to_date() -> None:
     assert catalog.CATALOG_PATH.read_text(encoding="utf-8") == catalog.catalog_markdown(), REGENERATE
+
+
+def test_committed_typed_payloads_are_up_to_date_and_read_every_event() -> None:
+    assert catalog.MESSAGES_PATH.read_text(encoding="utf-8") == catalog.messages_py(), REGENERATE
+    for name in codec.REGISTRY.current:
+        if name == "Envelope":
+            continue
+        typed = getattr(messages, name)  # one class per schema
+        for sample in sample_events(name, 4):  # every union branch, through the wire as a service gets it
+            payload = typed.of(codec.decode(codec.encode(sample)))
+            assert {f.name: getattr(payload, f.name) for f in dataclasses.fields(payload)} == {
+                k: tuple(v) if isinstance(v, list) else v for k, v in sample.payload.items()}
+        with pytest.raises(TypeError):  # a payload is never read as another event's type
+            typed.of(replace(sample, event_type="Other"))
 
 
 def test_check_mode_reports_up_to_date() -> None:

@@ -13,10 +13,13 @@ SHA = "ab" * 32
 
 def facts(**payload: object) -> tuple[Event, Event, Event]:
     sub = Event(DOCUMENT_SUBMITTED, "doc-1", "saga-1", payload={
+        "source_uri": "file:///inbox/a.pdf", "size_bytes": 1, "content_type": "", "submitter": "s",
         "title": "  Annual   report ", "security_level": "confidential", "references": [], "metadata": {},
         **payload})
-    sec = sub.follow(SECURITY_RECORDED, "security", content_sha256=SHA)
-    vec = sec.follow(VECTORS_INDEXED, "vector", page_count=12, chunk_count=40)
+    sec = sub.follow(SECURITY_RECORDED, "security", identity="i", content_sha256=SHA, classification="confidential",
+                     submitter="s", audit_entry=1)
+    vec = sec.follow(VECTORS_INDEXED, "vector", collection="c", page_count=12, chunk_count=40, pages_without_text=0,
+                     embedding_model="m")
     return sub, sec, vec
 
 

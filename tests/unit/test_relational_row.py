@@ -27,9 +27,12 @@ def facts(sha: str = SHA) -> tuple[Event, Event, Event, Event]:
         "source_uri": "/data/a.pdf", "size_bytes": 10, "content_type": "application/pdf", "title": "T",
         "author": "A", "organisation": None, "case_number": "C-1", "metadata": {"k": "v"},
         "security_level": "public", "submitter": "bob", "references": []})
-    up = sub.follow(UPLOAD_COMPLETED, "uploader", sha256=sha, size_bytes=12345, chunk_count=1)
-    sec = up.follow(SECURITY_RECORDED, "security", content_sha256=SHA)
-    vec = sec.follow(VECTORS_INDEXED, "vector", page_count=3, chunk_count=9)
+    up = sub.follow(UPLOAD_COMPLETED, "uploader", operation_id="op", manifest_uri="m", sha256=sha, size_bytes=12345,
+                    chunk_count=1, content_type="application/pdf")
+    sec = up.follow(SECURITY_RECORDED, "security", identity="i", content_sha256=SHA, classification="public",
+                    submitter="bob", audit_entry=1)
+    vec = sec.follow(VECTORS_INDEXED, "vector", collection="c", page_count=3, chunk_count=9, pages_without_text=0,
+                     embedding_model="m")
     return sub, up, sec, vec
 
 

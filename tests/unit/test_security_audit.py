@@ -89,12 +89,13 @@ def test_jsonable_survives_jsonb() -> None:
 
 
 def submission(**payload: object) -> Event:
-    return Event(DOCUMENT_SUBMITTED, "doc-1", "saga-1", payload={"security_level": "confidential",
-                                                                 "submitter": "alice", **payload})
+    return Event(DOCUMENT_SUBMITTED, "doc-1", "saga-1", payload={
+        "source_uri": "file:///inbox/a.pdf", "size_bytes": 1, "content_type": "", "security_level": "confidential",
+        "submitter": "alice", **payload})
 
 
 def test_identity_is_stable_and_hash_is_checked() -> None:
-    verified = submission().follow("IntegrityVerified", "verifier", sha256="AB" * 32)
+    verified = submission().follow("IntegrityVerified", "verifier", sha256="AB" * 32, chunks_checked=1, size_bytes=1)
     record = identity_record(submission(), verified)
     assert record.identity == identity_of("doc-1") and uuid.UUID(record.identity).version == 5
     assert record.content_sha256 == "ab" * 32 and record.classification == "confidential"
