@@ -37,7 +37,7 @@ class Phase:
     cpu_per_saga: dict[str, float] = field(default_factory=dict)  # process -> CPU seconds per saga
     stages: dict[str, float] = field(default_factory=dict)  # stage -> mean seconds
     reached: dict[str, float] = field(default_factory=dict)  # milestone -> s from first submit to the last doc's
-    events_per_saga: int = 0  # on the events topic (each consumed by all six services)
+    events_per_saga: int = 0  # on the saga topics (each consumed by all six services)
 
     def row(self, n: int) -> list[str]:
         p50, p99 = np.percentile(self.latencies, [50, 99]) * 1000
@@ -148,9 +148,10 @@ def run(r: Run) -> Section:
     s.verdicts.append(f"1 process vs 6 processes: x{phases[2].sagas_per_s / burst.sagas_per_s:.2f} throughput "
                       f"with PostgreSQL event stores, x{phases[3].sagas_per_s / burst.sagas_per_s:.2f} in memory")
     s.notes += [
-        f"Each saga puts {burst.events_per_saga} events on the events topic; every service consumes every one "
-        f"({burst.events_per_saga * 6} deliveries per saga), and the security service also handles every one "
-        "(its audit trail: a PostgreSQL transaction under one advisory lock, then the event store's record).",
+        f"Each saga puts {burst.events_per_saga} events on the saga topics (one per producer); every service "
+        f"consumes every one ({burst.events_per_saga * 6} deliveries per saga), and the security service also "
+        "handles every one (its audit trail: a PostgreSQL transaction under one advisory lock, then the event "
+        "store's record).",
         "Milestones: the stage whose `documents/s so far` drops the most is the one the others wait for.",
         "Latency: submit -> DocumentCompleted read from the completions topic by the harness. `all at once`: "
         "every document submitted back to back (queueing included); `steady`: submitted at half the burst "
