@@ -19,14 +19,14 @@ from services.core.events import (
 )
 from services.core.step import Context, Step, Undone
 from services.core.steplog import StepLog
-from services.relational.adapters import DocumentsTable
+from services.relational.adapters import Documents, DocumentsTable
 from services.relational.row import TABLE, document_row
 
 
 class RelationalStep(Step):
     service = "relational"
 
-    def __init__(self, table: DocumentsTable) -> None:
+    def __init__(self, table: Documents) -> None:
         self.table = table
 
     @classmethod
