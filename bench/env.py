@@ -1,4 +1,4 @@
-"""The bench's own isolated environment: topic prefix, database, chunk store, Milvus file, logs.
+"""The bench's own isolated environment: topic prefix, database, chunk store, Milvus collection, logs.
 
 `configure()` must run before anything imports `services.core.topics` (it reads the topic
 prefix at import), so `bench.run` calls it first and imports the figure modules afterwards.
@@ -34,16 +34,11 @@ class BenchEnv:
     def chunk_store(self) -> Path:
         return self.run_dir / "chunks"
 
-    @property
-    def milvus_uri(self) -> str:
-        return str(self.run_dir / "milvus" / "vectors.db")
-
     def service_env(self) -> dict[str, str]:
         return {
             "UDS3_TOPIC_PREFIX": self.prefix,
             "UDS3_PG_DATABASE": self.prefix,
             "UDS3_CHUNK_STORE": str(self.chunk_store),
-            "UDS3_MILVUS_URI": self.milvus_uri,
             "UDS3_MODEL_DIR": str(MODEL_DIR),
             "UDS3_STACK_DIR": str(BENCH_DIR / "stack"),
             "UDS3_FAULTS": "",  # never measure injected faults, whatever the calling shell exports
@@ -51,7 +46,7 @@ class BenchEnv:
         }
 
     def clean(self) -> None:
-        """Removes this run's chunks and Milvus file (the generated inputs stay)."""
+        """Removes this run's chunks (the generated inputs stay)."""
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
 
@@ -60,7 +55,7 @@ def configure() -> BenchEnv:
     env = BenchEnv(prefix=f"bench{time.strftime('%Y%m%d%H%M%S')}")
     assert "services.core.topics" not in sys.modules, "configure() must run before topics is imported"
     os.environ.update(env.service_env())
-    for d in (FILES_DIR, env.chunk_store, Path(env.milvus_uri).parent):
+    for d in (FILES_DIR, env.chunk_store):
         d.mkdir(parents=True, exist_ok=True)
     return env
 

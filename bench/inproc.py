@@ -2,7 +2,7 @@
 
 Every event a step records is taken from its event store (as the relay would) and handed to
 all six runtimes (as each service's consumer would), in order, until nothing new is recorded.
-The steps use the real stores (chunk store, Milvus file, Neo4j, PostgreSQL); the event stores
+The steps use the real stores (chunk store, Milvus collection, Neo4j, PostgreSQL); the event stores
 are either the real PostgreSQL ones or eventsourcing's in-memory recorder.
 """
 

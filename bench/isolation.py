@@ -14,7 +14,7 @@ import asyncio
 from services.core import topics
 from services.core.config import Settings
 from services.operator import access
-from services.operator.provision import create_database, drop_database, drop_graph
+from services.operator.provision import create_database, drop_database, drop_shared_stores
 
 
 async def create_topics(settings: Settings) -> None:
@@ -29,7 +29,8 @@ def create(settings: Settings) -> None:
 def remove(settings: Settings) -> None:
     """Deletes this run's topics and drops its database; one failing does not stop the other."""
     for what, undo in (("topics", lambda: asyncio.run(topics.delete_topics(settings))),
-                       ("database", lambda: drop_database(settings)), ("graph", lambda: drop_graph(settings))):
+                       ("database", lambda: drop_database(settings)),
+                       ("graph and vectors", lambda: drop_shared_stores(settings))):
         try:
             undo()
         except Exception as e:

@@ -59,7 +59,7 @@ FIGURES: dict[str, tuple[str, str]] = {
     ),
     "stack": (
         "6. Stack servers",
-        "Memory of the stack's servers (Kafka, Neo4j, PostgreSQL) for reference: shared with other users "
+        "Memory of the stack's servers (Kafka, Neo4j, PostgreSQL, milvus-lite) for reference: shared with other users "
         "of the machine, so this is their state at the time of the run, not an idle baseline.",
     ),
     "embedding": (
@@ -145,7 +145,7 @@ The goals come from DESIGN.md section 6.
 Ratios are always taken between two measurements of the **same run**, on the same input, so a
 busy machine slows both sides; absolute rates vary with the machine and its load.
 MB = 2^20 bytes. Service processes are started fresh by the harness with their own topic prefix,
-PostgreSQL database (created and dropped by the run), chunk store and Milvus file (under
+PostgreSQL database and Milvus collection (created and dropped by the run), chunk store (under
 `.stack/bench/`, git-ignored; generated input files are kept there across runs); peak RSS is
 each process's `VmHWM` from `/proc/<pid>/status`, read from outside just before it is stopped.
 """

@@ -4,9 +4,9 @@
     .venv/bin/python -m bench.run --quick          # small sizes: a smoke test of the harness
     .venv/bin/python -m bench.run --only upload,small --sizes upload=30,300
 
-Each run uses its own topic prefix, PostgreSQL database, chunk store and Milvus file (under
+Each run uses its own topic prefix, PostgreSQL database, Milvus collection and chunk store (under
 .stack/bench/), starts the service processes it needs, and stops them, deletes its topics and
-drops its database even when it fails.
+drops its database and collection even when it fails.
 """
 
 from __future__ import annotations
@@ -50,8 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     env = bench_env.configure()  # before anything imports services.core.topics
     logging.basicConfig(level=logging.WARNING, format="  %(levelname)s %(name)s %(message)s")  # e.g. retries
-    logging.getLogger("grpc._server").setLevel(logging.CRITICAL)  # milvus-lite: pymilvus probes a missing RPC
-    atexit.register(env.clean)  # last of all: an embedded milvus-lite flushes its files at exit
+    atexit.register(env.clean)
     run = bench_env.Run(env, args.quick, " ".join([".venv/bin/python -m bench.run", *argv]), args.sizes)
     from bench import isolation  # imports services.core.topics: only after configure()
 

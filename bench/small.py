@@ -86,8 +86,7 @@ def through_services(r: Run, n: int) -> tuple[Phase, Phase]:
 
 def in_process(r: Run, n: int, event_store: str) -> Phase:
     paths = [documents.small_text(r.env.run_dir, i, CHARS) for i in range(n)]
-    settings = Settings(milvus_uri=str(r.env.run_dir / f"milvus-{event_store}" / "vectors.db"))
-    with InProcess(settings, event_store) as one:
+    with InProcess(Settings(), event_store) as one:
         one.saga(submission(paths[0]))
         cpu = CpuMeter()
         cpu.start()
@@ -158,7 +157,8 @@ def run(r: Run) -> Section:
         "throughput.",
         "One process: `Runtime.process()` of each of the six services' runtimes, called in turn for every "
         "recorded event (the relay's work without Kafka), documents one after another, real chunk store, "
-        "Milvus file, Neo4j and PostgreSQL tables; event stores in PostgreSQL (as the services) or in memory.",
+        "Milvus (the stack's milvus-lite server), Neo4j and PostgreSQL tables; event stores in PostgreSQL "
+        "(as the services) or in memory.",
         "CPU per saga: user + system time of each process between the phase's start and end, divided by the "
         "documents; the stack servers are shared with other users, so theirs may include foreign work.",
         "Stages (mean of the documents, from the events' occurred_at) include each hop through Kafka.",

@@ -1,4 +1,4 @@
-"""Figure 6: memory of the stack's servers (Kafka, Neo4j, PostgreSQL), and their pids for CPU figures."""
+"""Figure 6: memory of the stack's servers (Kafka, Neo4j, PostgreSQL, milvus-lite), and their pids for CPU figures."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ def server_pids() -> dict[str, list[int]]:
         "kafka": _pid(STACK_DIR / "run" / "kafka.pid"),
         "neo4j": _pid(STACK_DIR / "run" / "neo4j.pid"),
         "postgresql": _pid(STACK_DIR / "data" / "postgres" / "postmaster.pid"),
+        "milvus-lite": _pid(STACK_DIR / "run" / "milvus.pid"),
     }
     return {name: procfs.with_children(pid) for name, pid in mains.items() if pid is not None}
 

@@ -96,6 +96,6 @@ def run(r: Run) -> Section:
         "Vector step: `chunk_count / (VectorsIndexed.occurred_at - SecurityRecorded.occurred_at)`: extraction, "
         "chunking, embedding, Milvus upserts and one VectorsProgressed checkpoint per batch. `After the first "
         "batch`: from the first VectorsProgressed on (the first batch carries the fresh process's one-off costs).",
-        "The vector service's RSS includes its embedded milvus-lite server (in-process).",
+        "The index lives in the stack's milvus-lite server, not in the vector service's RSS.",
     ]
     return s

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Native local server stack for uds3-saga (no Docker needed):
 #   Kafka 4 (KRaft, one broker+controller node, SASL/SCRAM, ACLs by the KRaft authorizer), Neo4j 5.26 Community (embedded, Bolt only),
-#   PostgreSQL 15 (Debian packages, the project's own cluster).
+#   PostgreSQL 15 (Debian packages, the project's own cluster), milvus-lite's own gRPC server
+#   (from the project's virtual environment: every vector process is its client, as of a Milvus cluster).
 #
-# Usage: bash infra/stack.sh fetch|up|down|status|logs [kafka|neo4j|postgres]
+# Usage: bash infra/stack.sh fetch|up|down|status|logs [kafka|neo4j|postgres|milvus]
 #   fetch   download jars (Maven Central) / install postgresql-15 if missing; compile launcher
 #   up      fetch if needed, start what is not running, return when every server answers
 #   down    stop all servers (SIGTERM, wait, SIGKILL as a last resort)
@@ -33,6 +34,8 @@ export UDS3_NEO4J_PASSWORD=${UDS3_NEO4J_PASSWORD:-uds3-local-graph}
 # in services/core/config.py. Anywhere else, set UDS3_KAFKA_PASSWORD_ADMIN in the environment.
 export UDS3_KAFKA_PASSWORD_ADMIN=${UDS3_KAFKA_PASSWORD_ADMIN:-uds3-local-admin}
 PG_PORT=${UDS3_PG_PORT:-15432}
+MILVUS_PORT=${UDS3_MILVUS_PORT:-19530}
+PYTHON=${UDS3_PYTHON:-$REPO_DIR/.venv/bin/python}  # milvus-lite is a Python package of the project
 UP_TIMEOUT=${UDS3_UP_TIMEOUT:-120}     # seconds to wait for each server to answer
 STOP_TIMEOUT=${UDS3_STOP_TIMEOUT:-60}  # seconds between SIGTERM and SIGKILL
 
@@ -330,6 +333,26 @@ bolt_handshake() {
 # the launcher writes the ready file after CALL dbms.components() succeeded
 neo4j_answers() { [[ -s $RUN/neo4j.ready ]] && bolt_handshake; }
 
+# ---------------------------------------------------------------- milvus-lite
+
+milvus_pid() { live_pid "$RUN/milvus.pid" "milvus_lite server"; }
+
+milvus_start() {
+  milvus_pid >/dev/null && return 0
+  [[ -x $PYTHON ]] || die "no $PYTHON: milvus-lite comes from the project's virtual environment (make venv, or set UDS3_PYTHON)"
+  require_free_port "$MILVUS_PORT" "milvus-lite" UDS3_MILVUS_PORT
+  mkdir -p "$DATA/milvus" "$LOGS/milvus"
+  log "starting milvus-lite on 127.0.0.1:$MILVUS_PORT"
+  spawn "$RUN/milvus.pid" "$LOGS/milvus/milvus.out" \
+    "$PYTHON" -m milvus_lite server --data-dir "$DATA/milvus" --host 127.0.0.1 --port "$MILVUS_PORT"
+}
+
+# a real call, not only an open port: the server lists its collections
+milvus_answers() {
+  port_open "$MILVUS_PORT" && "$PYTHON" -c "from pymilvus import MilvusClient
+MilvusClient(uri='http://127.0.0.1:$MILVUS_PORT', timeout=5).list_collections()" >/dev/null 2>&1
+}
+
 # ---------------------------------------------------------------- PostgreSQL
 
 # The postgres OS user must be able to enter the stack folder. When it cannot (a checkout
@@ -416,25 +439,29 @@ cmd_up() {
   }
   neo4j_pid >/dev/null || require_free_port "$NEO4J_BOLT_PORT" "Neo4j Bolt" UDS3_NEO4J_BOLT_PORT
   pg_pid >/dev/null || require_free_port "$PG_PORT" "PostgreSQL" UDS3_PG_PORT
-  # start all three first, then wait, so the JVM startups overlap
+  milvus_pid >/dev/null || require_free_port "$MILVUS_PORT" "milvus-lite" UDS3_MILVUS_PORT
+  # start all of them first, then wait, so the JVM startups overlap
   kafka_start
   neo4j_start
   pg_start
+  milvus_start
   wait_for PostgreSQL "$PG_LOGS" "$PG_DATA/postmaster.pid" postgres pg_answers
   pg_ensure_role
   wait_for Neo4j "$LOGS/neo4j" "$RUN/neo4j.pid" Neo4jLauncher neo4j_answers
   wait_for Kafka "$LOGS/kafka" "$RUN/kafka.pid" kafka.Kafka kafka_answers
+  wait_for milvus-lite "$LOGS/milvus" "$RUN/milvus.pid" "milvus_lite server" milvus_answers
   cmd_status
-  log "ready: kafka SASL/SCRAM admin@127.0.0.1:$KAFKA_PORT  bolt://neo4j@127.0.0.1:$NEO4J_BOLT_PORT  postgresql://uds3:uds3@127.0.0.1:$PG_PORT/uds3"
+  log "ready: kafka SASL/SCRAM admin@127.0.0.1:$KAFKA_PORT  bolt://neo4j@127.0.0.1:$NEO4J_BOLT_PORT  postgresql://uds3:uds3@127.0.0.1:$PG_PORT/uds3  http://127.0.0.1:$MILVUS_PORT (milvus-lite)"
 }
 
 cmd_down() {
   lock_stack
-  local kpid npid ppid
+  local kpid npid ppid mpid
   # SIGTERM both JVMs first so their shutdowns (Kafka: controlled shutdown,
   # Neo4j: checkpoint via the launcher's shutdown hook) run in parallel
   if kpid=$(kafka_pid); then log "stopping Kafka (pid $kpid)"; kill -TERM "$kpid" 2>/dev/null || true; fi
   if npid=$(neo4j_pid); then log "stopping Neo4j (pid $npid)"; kill -TERM "$npid" 2>/dev/null || true; fi
+  if mpid=$(milvus_pid); then log "stopping milvus-lite (pid $mpid)"; kill -TERM "$mpid" 2>/dev/null || true; fi
   if ppid=$(pg_pid); then
     log "stopping PostgreSQL (pid $ppid)"
     # fast = roll back open transactions, then a clean shutdown checkpoint
@@ -443,7 +470,8 @@ cmd_down() {
   fi
   [[ -z ${kpid:-} ]] || wait_stopped "$kpid" Kafka
   [[ -z ${npid:-} ]] || wait_stopped "$npid" Neo4j
-  rm -f "$RUN/kafka.pid" "$RUN/neo4j.pid" "$RUN/neo4j.ready"
+  [[ -z ${mpid:-} ]] || wait_stopped "$mpid" milvus-lite
+  rm -f "$RUN/kafka.pid" "$RUN/neo4j.pid" "$RUN/neo4j.ready" "$RUN/milvus.pid"
   log "stack stopped"
 }
 
@@ -460,6 +488,7 @@ cmd_status() {
   status_line kafka "$(kafka_pid || true)" "$KAFKA_PORT"
   status_line neo4j "$(neo4j_pid || true)" "$NEO4J_BOLT_PORT"
   status_line postgres "$(pg_pid || true)" "$PG_PORT"
+  status_line milvus "$(milvus_pid || true)" "$MILVUS_PORT"
 }
 
 cmd_logs() {
@@ -468,8 +497,9 @@ cmd_logs() {
     kafka | all) tail -n 30 "$LOGS/kafka/server.log" 2>/dev/null | sed 's/^/kafka| /' ;;&
     neo4j | all) tail -n 30 "$LOGS/neo4j/neo4j.out" 2>/dev/null | sed 's/^/neo4j| /' ;;&
     postgres | all) tail -n 30 "$PG_LOGS/postgres.log" 2>/dev/null | sed 's/^/postgres| /' ;;&
-    kafka | neo4j | postgres | all) ;;
-    *) die "logs: unknown server '$which' (kafka|neo4j|postgres)" ;;
+    milvus | all) tail -n 30 "$LOGS/milvus/milvus.out" 2>/dev/null | sed 's/^/milvus| /' ;;&
+    kafka | neo4j | postgres | milvus | all) ;;
+    *) die "logs: unknown server '$which' (kafka|neo4j|postgres|milvus)" ;;
   esac
 }
 
@@ -483,7 +513,7 @@ main() {
     down) cmd_down ;;
     status) cmd_status ;;
     logs) cmd_logs "$@" ;;
-    *) echo "usage: bash infra/stack.sh fetch|up|down|status|logs [kafka|neo4j|postgres]" >&2; exit 2 ;;
+    *) echo "usage: bash infra/stack.sh fetch|up|down|status|logs [kafka|neo4j|postgres|milvus]" >&2; exit 2 ;;
   esac
 }
 

@@ -88,7 +88,7 @@ def search(document_id: str) -> None:
     from services.vector.embedding import load_embedder
 
     s = Settings()
-    index = VectorIndex(s.milvus_uri, s.milvus_collection).open()
+    index = VectorIndex.of(s).open()
     vector = load_embedder("int8", model_dir=s.model_dir).embed([QUERY])[0]
     print(f"\nsearch: {QUERY}")
     for hit in index.search(vector.tolist(), 3, document_id):

@@ -46,7 +46,7 @@ def _stack_is_up() -> bool:
         subprocess.run(
             ["bash", "infra/stack.sh", "status"], cwd=REPO_ROOT, capture_output=True, text=True
         ).stdout.count("running")
-        >= 3
+        >= 4
     )
 
 
@@ -57,14 +57,14 @@ def stack() -> Iterator[Settings]:
         subprocess.run(["bash", "infra/stack.sh", "up"], cwd=REPO_ROOT, check=True)
     from services.core import topics
     from services.operator import access
-    from services.operator.provision import create_database, drop_database, drop_graph
+    from services.operator.provision import create_database, drop_database, drop_shared_stores
 
     settings = Settings()
     create_database(settings)
     asyncio.run(access.provision_kafka(settings))
     yield settings
     drop_database(settings)
-    drop_graph(settings)
+    drop_shared_stores(settings)
     asyncio.run(topics.delete_topics(settings))  # also the modules' `<RUN_ID>-*` topics
 
 

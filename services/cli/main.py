@@ -358,7 +358,7 @@ def search(
     if document is not None:
         uuid_id("document id", document)
     try:
-        index = VectorIndex(settings.milvus_uri, settings.milvus_collection).open()
+        index = VectorIndex.of(settings).open()
     except Exception as e:
         raise UserError(str(e)) from e
     embedder = load_embedder(settings.embedder, model_dir=settings.model_dir)  # type: ignore[arg-type]

@@ -1,9 +1,10 @@
 """The chunk store: where uploaded documents live, in fixed-size chunks (the claim check).
 
 Events never carry file bytes; they carry a manifest URI that names the chunks here.
-Local filesystem by default; an object store can implement the same five methods.
-Each chunk is written atomically (temp file, fsync, rename), so a crash never leaves a
-half-written chunk under its final name.
+The port is `Chunks`; `ChunkStore` keeps them in a local folder, `InMemoryChunks` in a dict
+for tests. One contract test runs the same assertions against both
+(`tests/unit/test_chunks_contract.py`). Each chunk is written atomically (temp file, fsync,
+rename), so a crash never leaves a half-written chunk under its final name.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, Protocol, cast
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,68 @@ class OutsideChunkStore(ValueError):
     """A document id that would name a path outside the chunk store."""
 
 
+class Chunks(Protocol):
+    """A document's bytes as numbered chunks plus a manifest; every method is idempotent and
+    refuses (OutsideChunkStore) an id that is not one plain name."""
+
+    def put(self, document_id: str, index: int, data: bytes) -> str: ...
+    def get(self, document_id: str, index: int) -> bytes: ...
+    def write_manifest(self, document_id: str, chunks: list[ChunkRef], sha256: str, size: int) -> str: ...
+    def manifest(self, document_id: str) -> list[ChunkRef]: ...
+    def chunk_count(self, document_id: str) -> int: ...
+    def documents(self) -> list[str]: ...
+    def delete(self, document_id: str) -> int: ...
+    def open(self, document_id: str) -> BinaryIO: ...
+
+
+def _plain_name(document_id: str) -> str:
+    if document_id in ("", ".", "..") or "/" in document_id or "\\" in document_id:
+        raise OutsideChunkStore(f"document id {document_id!r} is not one plain name")
+    return document_id
+
+
+class InMemoryChunks:
+    """The same contract in dicts (tests of a step's own logic). `open` joins the chunks: a
+    test fake, not flat in memory like the real reader."""
+
+    def __init__(self) -> None:
+        self.chunks: dict[str, dict[int, bytes]] = {}
+        self.manifests: dict[str, list[ChunkRef]] = {}
+
+    def put(self, document_id: str, index: int, data: bytes) -> str:
+        self.chunks.setdefault(_plain_name(document_id), {})[index] = bytes(data)
+        return hashlib.sha256(data).hexdigest()
+
+    def get(self, document_id: str, index: int) -> bytes:
+        try:
+            return self.chunks[_plain_name(document_id)][index]
+        except KeyError:
+            raise FileNotFoundError(f"chunk {index} of {document_id}") from None
+
+    def write_manifest(self, document_id: str, chunks: list[ChunkRef], sha256: str, size: int) -> str:
+        self.manifests[_plain_name(document_id)] = sorted(chunks, key=lambda c: c.index)
+        return f"memory:///{document_id}/manifest.json"
+
+    def manifest(self, document_id: str) -> list[ChunkRef]:
+        try:
+            return list(self.manifests[_plain_name(document_id)])
+        except KeyError:
+            raise FileNotFoundError(f"no manifest for {document_id}") from None
+
+    def chunk_count(self, document_id: str) -> int:
+        return len(self.chunks.get(_plain_name(document_id), {}))
+
+    def documents(self) -> list[str]:
+        return sorted(self.chunks.keys() | self.manifests.keys())
+
+    def delete(self, document_id: str) -> int:
+        self.manifests.pop(_plain_name(document_id), None)
+        return len(self.chunks.pop(document_id, {}))
+
+    def open(self, document_id: str) -> BinaryIO:
+        return io.BytesIO(b"".join(self.get(document_id, c.index) for c in self.manifest(document_id)))
+
+
 class ChunkStore:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -38,8 +102,8 @@ class ChunkStore:
         Anything else (`..`, a slash, an absolute path, a link out) is refused before any read,
         write or delete touches it."""
         root = self.root.resolve()
-        folder = (root / document_id).resolve()
-        if folder.parent != root or not document_id:
+        folder = (root / _plain_name(document_id)).resolve()
+        if folder.parent != root:
             raise OutsideChunkStore(f"document id {document_id!r} names {folder}, not a folder of the store {root}")
         return folder
 
@@ -90,8 +154,9 @@ class ChunkStore:
         shutil.rmtree(self.folder(document_id), ignore_errors=True)
         return count
 
-    def open(self, document_id: str) -> ChunkedReader:
-        return ChunkedReader(self, document_id, self.manifest(document_id))
+    def open(self, document_id: str) -> BinaryIO:
+        # Raw, unbuffered on purpose: each read goes straight from a chunk file into pdfium's buffer.
+        return cast(BinaryIO, ChunkedReader(self, document_id, self.manifest(document_id)))
 
 
 class ChunkedReader(io.RawIOBase):

@@ -7,6 +7,7 @@ a Kafka cluster, a Milvus server, Neo4j and PostgreSQL elsewhere by setting thes
 from __future__ import annotations
 
 import os
+import re
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,15 +30,20 @@ def _stack_dir() -> Path:
 
 def isolated_env(prefix: str, folder: Path) -> dict[str, str]:
     """The variables that make one deployment separate from every other on the same stack:
-    its topics and consumer groups, its database (each event store is an outbox: see
-    provision.py), and its chunk store, Milvus file and ingest root in `folder`."""
+    its topics and consumer groups (and with them its graph namespace and Milvus collection),
+    its database (each event store is an outbox: see provision.py), and its chunk store and
+    ingest root in `folder`."""
     return {
         "UDS3_TOPIC_PREFIX": prefix,
         "UDS3_PG_DATABASE": f"uds3_{prefix}",
         "UDS3_CHUNK_STORE": str(folder / "chunks"),
-        "UDS3_MILVUS_URI": str(folder / "milvus" / "vectors.db"),
         "UDS3_ALLOWED_ROOT": str(folder),
     }
+
+
+def collection_for(deployment: str) -> str:
+    """A deployment's Milvus collection: Milvus names take letters, digits and underscores."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", f"{deployment}_chunks")
 
 
 @dataclass(frozen=True)
@@ -63,10 +69,14 @@ class Settings:
     # The defaults are the local stack's (infra/stack.sh); a deployment sets its own in the environment.
     neo4j_user: str = field(default_factory=lambda: _env("UDS3_NEO4J_USER", "neo4j"))
     neo4j_password: str = field(default_factory=lambda: _env("UDS3_NEO4J_PASSWORD", "uds3-local-graph"))
+    # The stack's milvus-lite server, shared by every vector process as a Milvus cluster would be;
+    # a `.db` file path runs milvus-lite inside one process instead (scripts, never the services).
     milvus_uri: str = field(
-        default_factory=lambda: _env("UDS3_MILVUS_URI", str(_stack_dir() / "data" / "milvus" / "vectors.db"))
+        default_factory=lambda: _env("UDS3_MILVUS_URI", f"http://127.0.0.1:{_env('UDS3_MILVUS_PORT', '19530')}")
     )
-    milvus_collection: str = field(default_factory=lambda: _env("UDS3_MILVUS_COLLECTION", "uds3_chunks"))
+    milvus_collection: str = field(
+        default_factory=lambda: _env("UDS3_MILVUS_COLLECTION", collection_for(_env("UDS3_TOPIC_PREFIX", "uds3")))
+    )
     chunk_store_dir: Path = field(
         default_factory=lambda: Path(_env("UDS3_CHUNK_STORE", str(_stack_dir() / "data" / "chunks")))
     )

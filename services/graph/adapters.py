@@ -1,4 +1,6 @@
-"""Neo4j I/O of the graph service: apply a `GraphPlan`, remove a document, read back.
+"""The graph service's port, `Graph`, and its adapters: `GraphStore` on Neo4j and `InMemoryGraph`
+for tests. One contract test runs the same assertions against both
+(`tests/integration/test_graph_contract.py`).
 
 Every write is MERGE-based and runs in one managed transaction, so a repeated apply
 changes nothing and a failed one leaves nothing. Every node carries its deployment (the
@@ -12,10 +14,10 @@ PermanentError in `_translated`, the one boundary.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from neo4j import Driver, GraphDatabase, ManagedTransaction
 from neo4j.exceptions import ConstraintError, DriverError, Neo4jError
@@ -33,6 +35,115 @@ class Removal:
     relations: int  # relations of the document deleted
     document: str  # "deleted", "placeholder" (others still reference it) or "absent"
     orphans: int  # entity / placeholder nodes deleted because nothing relates to them any more
+
+
+class Graph(Protocol):
+    """Nodes MERGEd by (label, key), so entities are shared; a document owns its outgoing
+    relations. Applying a plan again changes nothing; removing a document removes what it owns
+    and every entity or placeholder nothing relates to any more."""
+
+    def open(self) -> None: ...
+    def close(self) -> None: ...
+    def apply(self, plan: GraphPlan, after_node: Callable[[], None] = ...) -> None: ...
+    def remove(self, document_id: str) -> Removal: ...
+    def drop_deployment(self) -> int: ...
+    def node(self, label: str, key: str) -> dict[str, Any] | None: ...
+    def relations(self, document_id: str) -> set[tuple[str, str, str]]: ...
+
+
+_Edge = tuple[str, str, str, str]  # (document id, relation type, target label, target key)
+
+
+class InMemoryGraph:
+    """The same contract in dicts (tests of the step's own logic). One instance is one deployment."""
+
+    def __init__(self, deployment: str = "uds3") -> None:
+        self.deployment = deployment
+        self.nodes: dict[tuple[str, str], dict[str, Any]] = {}  # (label, key) -> properties
+        self.edges: set[_Edge] = set()
+
+    def open(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """All or nothing, like the Neo4j transaction: a failure restores the state before."""
+        nodes, edges = {k: dict(v) for k, v in self.nodes.items()}, set(self.edges)
+        try:
+            yield
+        except BaseException:
+            self.nodes, self.edges = nodes, edges
+            raise
+
+    def apply(self, plan: GraphPlan, after_node: Callable[[], None] = lambda: None) -> None:
+        doc = plan.document.key
+        with self._transaction():
+            node = self.nodes.setdefault(("Document", doc), {"id": doc})
+            _set_all(node, plan.document.props)
+            after_node()
+            for rel in plan.relations:
+                label, key = _label(rel.target.label), rel.target.key
+                if (label, key) not in self.nodes:  # ON CREATE only: an existing node keeps its properties
+                    self.nodes[(label, key)] = _set_all({KEYS[label]: key}, rel.target.props)
+                self.edges.add((doc, _label(rel.type), label, key))
+            # Relations an earlier version of the document had and this plan has not.
+            planned = {(doc, r.type, r.target.label, r.target.key) for r in plan.relations}
+            stale = {e for e in self.edges if e[0] == doc} - planned
+            self.edges -= stale
+            self._drop_orphans({(label, key) for _, _, label, key in stale})
+
+    def remove(self, document_id: str) -> Removal:
+        node = self.nodes.get(("Document", document_id))
+        if node is None or node.get("placeholder"):  # a placeholder is not this document's to remove
+            return Removal(0, "absent", 0)
+        gone = {e for e in self.edges if e[0] == document_id}
+        self.edges -= gone
+        if any(e[1:] == ("REFERENCES", "Document", document_id) for e in self.edges):
+            # Other documents still point here: back to a bare placeholder.
+            self.nodes[("Document", document_id)] = {"id": document_id, "placeholder": True}
+            document = "placeholder"
+        else:
+            del self.nodes[("Document", document_id)]
+            document = "deleted"
+        orphans = self._drop_orphans({(label, key) for _, _, label, key in gone})
+        return Removal(len(gone), document, orphans)
+
+    def drop_deployment(self) -> int:
+        if self.deployment == "uds3":
+            raise ValueError("refusing to drop the default deployment's graph")
+        removed = len(self.nodes)
+        self.nodes.clear()
+        self.edges.clear()
+        return removed
+
+    def node(self, label: str, key: str) -> dict[str, Any] | None:
+        found = self.nodes.get((_label(label), key))
+        return dict(found) if found is not None else None
+
+    def relations(self, document_id: str) -> set[tuple[str, str, str]]:
+        return {(t, label, key) for doc, t, label, key in self.edges if doc == document_id}
+
+    def _drop_orphans(self, candidates: set[tuple[str, str]]) -> int:
+        """As `_drop_orphans` below: of the candidates, entities and placeholders with no relation."""
+        used = {(label, key) for _, _, label, key in self.edges} | {("Document", e[0]) for e in self.edges}
+        orphans = [c for c in candidates if c in self.nodes and c not in used
+                   and (c[0] != "Document" or self.nodes[c].get("placeholder"))]
+        for c in orphans:
+            del self.nodes[c]
+        return len(orphans)
+
+
+def _set_all(props: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """Cypher's `SET n += $props`: a null value removes the property."""
+    for k, v in changes.items():
+        if v is None:
+            props.pop(k, None)
+        else:
+            props[k] = v
+    return props
 
 
 @contextmanager

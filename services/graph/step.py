@@ -14,14 +14,14 @@ from services.core.errors import PermanentError
 from services.core.events import GRAPH_LINKED, SECURITY_RECORDED, Event
 from services.core.step import Context, Step, Undone
 from services.core.steplog import StepLog
-from services.graph.adapters import GraphStore
+from services.graph.adapters import Graph, GraphStore
 from services.graph.plan import plan_for
 
 
 class GraphStep(Step):
     service = "graph"
 
-    def __init__(self, store: GraphStore) -> None:
+    def __init__(self, store: Graph) -> None:
         self.store = store
 
     @classmethod

@@ -214,7 +214,7 @@ def gather(settings: Settings | None = None, documents: Iterable[str] | None = N
         if n or manifest.exists():
             inv.chunks[doc] = Held(n, sha)
 
-    index = VectorIndex(s.milvus_uri, s.milvus_collection).open()
+    index = VectorIndex.of(s).open()
     try:
         for doc, n in index.documents().items():
             if scope is None or doc in scope:

@@ -77,16 +77,25 @@ def drop_database(settings: Settings) -> None:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(settings.pg_database)))
 
 
-def drop_graph(settings: Settings) -> int:
-    """Deletes a finished run's nodes from the shared Neo4j database (its deployment's only)."""
+def drop_shared_stores(settings: Settings) -> None:
+    """Deletes a finished run's data from the stores deployments share: its nodes in the Neo4j
+    database and its collection on the Milvus server (its deployment's only)."""
     from services.graph.adapters import GraphStore
+    from services.vector.adapters import VectorIndex
 
-    store = GraphStore.of(settings)
-    store.open()
+    if settings.deployment == "uds3":
+        raise ValueError("refusing to drop the default deployment's stores")
+    graph = GraphStore.of(settings)
+    graph.open()
     try:
-        return store.drop_deployment()
+        graph.drop_deployment()
     finally:
-        store.close()
+        graph.close()
+    vectors = VectorIndex.of(settings).open()
+    try:
+        vectors.drop()
+    finally:
+        vectors.close()
 
 
 def _maintenance_dsn(settings: Settings) -> str:

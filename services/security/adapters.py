@@ -1,19 +1,25 @@
-"""PostgreSQL I/O of the security service: identity records and the audit trail.
+"""The security service's port, `SecurityRecords` (identity records and the hash-chained audit
+trail), and its adapters: `SecurityStore` on PostgreSQL (`security.identities`,
+`security.audit_trail`) and `InMemorySecurityRecords` for tests. One contract test runs the same
+assertions against both (`tests/integration/test_security_contract.py`).
 
 Driver errors become TransientError / PermanentError in `PgStore._transaction`, the one boundary.
 """
 
 from __future__ import annotations
 
+import re
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from services.core.errors import PermanentError
 from services.core.pg import PgStore
 from services.security.audit import GENESIS, Entry, chain_hash, jsonable
 
@@ -38,6 +44,100 @@ class AuditDraft:
     event_id: str
     event_type: str
     detail: dict[str, Any]
+
+
+class SecurityRecords(Protocol):
+    """One identity per document, upserted by document id (its first `recorded_at` kept), and one
+    global append-only audit trail: seq from 1, increasing in append order, each entry hashed
+    onto the one before it (`audit.chain_hash`), at most one entry per event id."""
+
+    def open(self) -> None: ...
+    def close(self) -> None: ...
+    def record_identity(self, identity: Identity, draft: AuditDraft) -> int: ...
+    def append(self, draft: AuditDraft) -> int: ...
+    def remove_identity(self, document_id: str, note: Callable[[dict[str, Any]], AuditDraft]) -> int: ...
+    def identity(self, document_id: str) -> dict[str, Any] | None: ...
+    def entries(self, document_id: str) -> list[Entry]: ...
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+class InMemorySecurityRecords:
+    """The same contract in a dict and a list (tests of the step's own logic).
+
+    `trail` is the whole chain, every document's entries in seq order, as `check_chain` takes it.
+    Each write checks what it can first and mutates last, so a refused one leaves nothing behind,
+    like the real adapter's transaction.
+    """
+
+    def __init__(self) -> None:
+        self.identities: dict[str, dict[str, Any]] = {}
+        self.trail: list[Entry] = []
+
+    def open(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def record_identity(self, identity: Identity, draft: AuditDraft) -> int:
+        row = self._identity_row(identity)
+        seq = self._append(draft)
+        self.identities[identity.document_id] = row
+        return seq
+
+    def append(self, draft: AuditDraft) -> int:
+        return self._append(draft)
+
+    def remove_identity(self, document_id: str, note: Callable[[dict[str, Any]], AuditDraft]) -> int:
+        row = self.identities.get(document_id)
+        if row is None:
+            return 0
+        # the real adapter's DELETE ... RETURNING casts identity to text
+        removed = {"identity": str(row["identity"])} | {
+            k: row[k] for k in ("content_sha256", "classification", "submitter", "recorded_at")}
+        self._append(note(removed))
+        del self.identities[document_id]
+        return 1
+
+    def identity(self, document_id: str) -> dict[str, Any] | None:
+        row = self.identities.get(document_id)
+        return dict(row) if row is not None else None
+
+    def entries(self, document_id: str) -> list[Entry]:
+        return [e for e in self.trail if e.document_id == document_id]
+
+    def _identity_row(self, identity: Identity) -> dict[str, Any]:
+        """The row the upsert leaves, refused as the table's constraints refuse it."""
+        try:
+            ident = uuid.UUID(identity.identity)  # the column is a uuid: it reads back as one
+        except ValueError as e:
+            raise PermanentError(f"security store, record identity: not a uuid: {identity.identity!r}") from e
+        if not _SHA256.fullmatch(identity.content_sha256):
+            raise PermanentError(f"security store, record identity: bad content_sha256 {identity.content_sha256!r}")
+        if any(r["identity"] == ident for d, r in self.identities.items() if d != identity.document_id):
+            raise PermanentError(f"security store, record identity: identity {ident} is another document's")
+        before = self.identities.get(identity.document_id)
+        # recorded_at is a column default: the ON CONFLICT update leaves it as first recorded
+        recorded_at = before["recorded_at"] if before is not None else datetime.now(UTC)
+        return {"document_id": identity.document_id, "identity": ident, "content_sha256": identity.content_sha256,
+                "classification": identity.classification, "submitter": identity.submitter,
+                "recorded_at": recorded_at}
+
+    def _append(self, draft: AuditDraft) -> int:
+        """As `_append` below: one global chain; an event already in the trail returns its seq."""
+        for entry in self.trail:
+            if entry.event_id == draft.event_id:
+                return entry.seq
+        prev_hash = self.trail[-1].entry_hash if self.trail else GENESIS
+        seq = self.trail[-1].seq + 1 if self.trail else 1  # a bigserial starts at 1
+        detail = jsonable(draft.detail)
+        at = datetime.now(UTC)
+        entry_hash = chain_hash(prev_hash, seq, draft.document_id, draft.event_id, draft.event_type, detail, at)
+        self.trail.append(Entry(seq, draft.document_id, draft.event_id, draft.event_type, detail, at,
+                                prev_hash, entry_hash))
+        return seq
 
 
 class SecurityStore(PgStore):

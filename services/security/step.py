@@ -21,7 +21,7 @@ from services.core.saga import ALL_EVENT_TYPES
 from services.core.step import Context, Step, Undone
 from services.core.steplog import StepLog
 from services.core.validation import DEFAULT_SECURITY_LEVEL
-from services.security.adapters import AuditDraft, Identity, SecurityStore
+from services.security.adapters import AuditDraft, Identity, SecurityRecords, SecurityStore
 from services.security.audit import timestamp
 
 RECORD_REMOVED = "SecurityRecordRemoved"  # audit entry type written by undo (not a saga event)
@@ -73,7 +73,7 @@ class SecurityStep(Step):
     # The audit trail covers every saga event of a document except progress ticks.
     observes = frozenset(t for t in ALL_EVENT_TYPES if t not in PROGRESS_EVENTS)
 
-    def __init__(self, store: SecurityStore) -> None:
+    def __init__(self, store: SecurityRecords) -> None:
         self.store = store
 
     @classmethod

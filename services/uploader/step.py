@@ -10,7 +10,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from services.core import messages
-from services.core.chunkstore import ChunkRef, ChunkStore
+from services.core.chunkstore import ChunkRef, Chunks, ChunkStore
 from services.core.config import Settings
 from services.core.events import (
     CHUNK_STORED,
@@ -32,7 +32,7 @@ logger = logging.getLogger("uploader")
 class UploaderStep(Step):
     service = "uploader"
 
-    def __init__(self, chunks: ChunkStore) -> None:
+    def __init__(self, chunks: Chunks) -> None:
         self.chunks = chunks
 
     @classmethod

@@ -1,10 +1,15 @@
-"""Milvus: milvus-lite embedded by default (this service alone opens the file), or a server by URI."""
+"""The vector service's port, `Vectors`, and its adapters: `VectorIndex` on Milvus by URI (the
+stack's milvus-lite server by default) and `InMemoryVectors` for tests. One contract test runs
+the same assertions against both (`tests/integration/test_vectors_contract.py`)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+from collections import Counter
+from typing import Any, Protocol
 
+import numpy as np
+
+from services.core.config import Settings
 from services.core.errors import TransientError
 from services.core.validation import uuid_id
 
@@ -24,63 +29,94 @@ def _of_document(document_id: str) -> str:
     return f'document_id == "{uuid_id("document id", document_id)}"'
 
 
-def endpoint_file(milvus_uri: str) -> Path:
-    return Path(milvus_uri + ".endpoint")
+class Vectors(Protocol):
+    """Chunk embeddings keyed by (document id, chunk number): upserts are idempotent by key."""
+
+    collection: str
+
+    def open(self) -> Vectors: ...
+    def close(self) -> None: ...
+    def upsert(self, rows: list[dict[str, Any]]) -> None: ...
+    def count(self, document_id: str) -> int: ...
+    def delete_document(self, document_id: str) -> int: ...
+    def documents(self) -> dict[str, int]: ...
+    def search(self, vector: list[float], k: int = 5, document_id: str | None = None) -> list[dict[str, Any]]: ...
+
+
+class InMemoryVectors:
+    """The same contract in a dict, searched by cosine similarity (tests of the step's own logic)."""
+
+    def __init__(self, collection: str = "in_memory_chunks") -> None:
+        self.collection = collection
+        self.rows: dict[str, dict[str, Any]] = {}
+
+    def open(self) -> InMemoryVectors:
+        return self
+
+    def close(self) -> None:
+        pass
+
+    def upsert(self, rows: list[dict[str, Any]]) -> None:
+        self.rows.update({row["id"]: dict(row) for row in rows})
+
+    def count(self, document_id: str) -> int:
+        return sum(1 for row in self.rows.values() if row["document_id"] == uuid_id("document id", document_id))
+
+    def delete_document(self, document_id: str) -> int:
+        mine = [key for key, row in self.rows.items() if row["document_id"] == uuid_id("document id", document_id)]
+        for key in mine:
+            del self.rows[key]
+        return len(mine)
+
+    def documents(self) -> dict[str, int]:
+        return dict(Counter(row["document_id"] for row in self.rows.values()))
+
+    def search(self, vector: list[float], k: int = 5, document_id: str | None = None) -> list[dict[str, Any]]:
+        wanted = uuid_id("document id", document_id) if document_id else None
+        query = np.asarray(vector, dtype=np.float32)
+
+        def cosine(row: dict[str, Any]) -> float:
+            v = np.asarray(row["vector"], dtype=np.float32)
+            return float(v @ query / (np.linalg.norm(v) * np.linalg.norm(query) or 1.0))
+
+        found = [(cosine(row), row) for row in self.rows.values() if wanted in (None, row["document_id"])]
+        found.sort(key=lambda pair: -pair[0])
+        return [{"score": score, **{f: row[f] for f in ("document_id", "page", "chunk", "text")}}
+                for score, row in found[:k]]
 
 
 class VectorIndex:
-    """The vector store of chunk embeddings, keyed by (document id, chunk number)."""
+    """Milvus by URI: the stack's milvus-lite server, or a Milvus cluster (every vector process
+    is a client of the same server, so several can run at once)."""
 
     def __init__(self, uri: str, collection: str) -> None:
         self.uri, self.collection = uri, collection
         self.client: Any = None
-        self.served: str | None = None  # the embedded server's address, when this process serves the file
 
-    def open(self, serve: bool = False) -> VectorIndex:
-        """Connects; with `serve`, opens an embedded milvus-lite file and publishes its endpoint.
+    @classmethod
+    def of(cls, settings: Settings) -> VectorIndex:
+        return cls(settings.milvus_uri, settings.milvus_collection)
 
-        milvus-lite runs inside one process per file; that process (the vector service) writes
-        the address of its embedded server next to the file, so the CLI can search through it.
-        """
+    def open(self) -> VectorIndex:
+        """Connects and creates the deployment's collection when it is not there yet."""
         from pymilvus import MilvusClient
 
-        uri = self.uri
         try:
-            if uri.endswith(".db") and serve:
-                from milvus_lite.server_manager import server_manager_instance
-
-                Path(uri).parent.mkdir(parents=True, exist_ok=True)
-                served = server_manager_instance.start_and_get_uri(uri)
-                if served is None:
-                    raise TransientError(f"milvus-lite could not open {uri}")
-                endpoint_file(self.uri).write_text(served)
-                self.served = served
-                uri = served
-            elif uri.endswith(".db"):
-                found = endpoint_file(uri)
-                if not found.exists():
-                    raise TransientError(
-                        f"the vector service is not running: it serves the embedded milvus-lite file {uri}"
-                    )
-                uri = found.read_text().strip()
-            self.client = MilvusClient(uri=uri)
-            if serve:
-                self._ensure_collection()
-        except TransientError:
-            raise
+            self.client = MilvusClient(uri=self.uri)
+            self._ensure_collection()
         except Exception as e:
-            served_by = " (served by the vector service: is it running?)" if uri != self.uri else ""
-            raise TransientError(f"Milvus at {uri}{served_by} unavailable: {e}") from e
+            self.close()
+            raise TransientError(f"Milvus at {self.uri} unavailable: {e}") from e
         return self
 
     def close(self) -> None:
         if self.client is not None:
             self.client.close()
             self.client = None
-        found = endpoint_file(self.uri)
-        if self.served and found.exists() and found.read_text().strip() == self.served:
-            found.unlink()  # a stopped service's address would only mislead `uds3 search`
-        self.served = None
+
+    def drop(self) -> None:
+        """Drops the collection (a finished test or bench run's, never a live deployment's)."""
+        self.client.drop_collection(self.collection)
 
     def _ensure_collection(self) -> None:
         from pymilvus import DataType, MilvusClient
@@ -97,7 +133,12 @@ class VectorIndex:
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=DIM)
         index = self.client.prepare_index_params()
         index.add_index(field_name="vector", index_type="AUTOINDEX", metric_type="COSINE")
-        self.client.create_collection(self.collection, schema=schema, index_params=index)
+        try:
+            self.client.create_collection(self.collection, schema=schema, index_params=index)
+        except Exception:
+            if not self.client.has_collection(self.collection):  # else another replica made it first
+                raise
+            self.client.load_collection(self.collection)
 
     def upsert(self, rows: list[dict[str, Any]]) -> None:
         try:

@@ -16,14 +16,14 @@ from collections.abc import Generator, Iterator
 from typing import Any
 
 from services.core import logs, messages
-from services.core.chunkstore import ChunkStore
+from services.core.chunkstore import Chunks, ChunkStore
 from services.core.config import Settings
 from services.core.errors import PermanentError
 from services.core.events import UPLOAD_COMPLETED, VECTORS_INDEXED, VECTORS_PROGRESSED, Event
 from services.core.step import Context, Step, Undone
 from services.core.steplog import StepLog
 from services.core.validation import PDF, TEXT
-from services.vector.adapters import TEXT_MAX, VectorIndex, chunk_key
+from services.vector.adapters import TEXT_MAX, VectorIndex, Vectors, chunk_key
 from services.vector.embedding import Embedder, load_embedder
 from services.vector.text import (
     Chunk,
@@ -43,17 +43,16 @@ logger = logging.getLogger("vector")
 class VectorStep(Step):
     service = "vector"
 
-    def __init__(self, chunks: ChunkStore, vectors: VectorIndex, embedder: Embedder) -> None:
+    def __init__(self, chunks: Chunks, vectors: Vectors, embedder: Embedder) -> None:
         self.chunks, self.vectors, self.embedder = chunks, vectors, embedder
 
     @classmethod
     def from_settings(cls, settings: Settings) -> VectorStep:
         embedder = load_embedder(settings.embedder, model_dir=settings.model_dir)  # type: ignore[arg-type]
-        return cls(ChunkStore(settings.chunk_store_dir), VectorIndex(settings.milvus_uri, settings.milvus_collection),
-                   embedder)
+        return cls(ChunkStore(settings.chunk_store_dir), VectorIndex.of(settings), embedder)
 
     def start(self) -> None:
-        self.vectors.open(serve=True)  # serves its milvus-lite file to the CLI and tests
+        self.vectors.open()
 
     def stop(self) -> None:
         self.vectors.close()

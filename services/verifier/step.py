@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 
 from services.core import messages
-from services.core.chunkstore import ChunkStore
+from services.core.chunkstore import Chunks, ChunkStore
 from services.core.config import Settings
 from services.core.errors import PermanentError
 from services.core.events import INTEGRITY_VERIFIED, Event
@@ -20,7 +20,7 @@ class IntegrityMismatch(PermanentError):
 class VerifierStep(Step):
     service = "verifier"
 
-    def __init__(self, chunks: ChunkStore) -> None:
+    def __init__(self, chunks: Chunks) -> None:
         self.chunks = chunks
 
     @classmethod

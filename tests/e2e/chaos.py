@@ -460,9 +460,9 @@ async def judge(docs: list[Doc], settings: Any, results: Results) -> None:
 
     scope = {d.document_id for d in docs} | set(ChunkStore(settings.chunk_store_dir).documents())
     report = None
-    for attempt in range(30):  # the vector service may be restarting: its endpoint file moves
+    for attempt in range(30):  # a store may be restarting
         try:
-            index = VectorIndex(settings.milvus_uri, settings.milvus_collection).open()
+            index = VectorIndex.of(settings).open()
             try:
                 scope |= set(index.documents())
             finally:
@@ -549,11 +549,11 @@ def main(argv: list[str] | None = None) -> int:
     if results.ok and not args.keep:
         from services.core import topics
         from services.core.config import Settings
-        from services.operator.provision import drop_database, drop_graph
+        from services.operator.provision import drop_database, drop_shared_stores
 
         shutil.rmtree(folder, ignore_errors=True)
         drop_database(Settings())
-        drop_graph(Settings())
+        drop_shared_stores(Settings())
         asyncio.run(topics.delete_topics(Settings()))
     else:
         print(f"[chaos] run folder kept: {folder} (service logs in {folder / 'logs'}), "

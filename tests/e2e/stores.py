@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import psycopg
@@ -26,21 +25,12 @@ class Footprint:
         return not any((self.chunks, self.vectors, self.graph_nodes, self.relational_rows, self.security_records))
 
 
-def vector_count(document_id: str, s: Settings, attempts: int = 5) -> int:
-    """Through the vector service's embedded milvus-lite server, which now and then refuses a
-    fresh connection from another process ("too many pings"): a read, so retried."""
-    for attempt in range(attempts):
-        try:
-            index = VectorIndex(s.milvus_uri, s.milvus_collection).open()
-            try:
-                return index.count(document_id)
-            finally:
-                index.close()
-        except Exception:
-            if attempt == attempts - 1:
-                raise
-            time.sleep(1)
-    raise AssertionError("unreachable")
+def vector_count(document_id: str, s: Settings) -> int:
+    index = VectorIndex.of(s).open()
+    try:
+        return index.count(document_id)
+    finally:
+        index.close()
 
 
 def footprint(document_id: str, settings: Settings | None = None) -> Footprint:
@@ -73,7 +63,7 @@ def content(document_id: str, settings: Settings | None = None) -> dict[str, obj
 
     s = settings or Settings()
     doc = uuid_id("document id", document_id)
-    index = VectorIndex(s.milvus_uri, s.milvus_collection).open()
+    index = VectorIndex.of(s).open()
     try:
         assert index.client is not None
         rows = index.client.query(index.collection, filter=f'document_id == "{doc}"',

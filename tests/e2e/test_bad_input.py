@@ -18,29 +18,16 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from services.client import Client, Submission
 from services.core import codec, topics
 from services.core.config import Settings
-from services.core.errors import TransientError
 from services.core.events import DOCUMENT_COMPENSATED, DOCUMENT_COMPLETED, DOCUMENT_SUBMITTED, Event
 from services.core.store import StepStore
 from services.operator.state import SagaReader
 from tests.documents import paragraph, pdf_file, text_file
-from tests.e2e.stores import Footprint, footprint
+from tests.e2e.stores import footprint
 from tests.running import Services
 
 pytestmark = pytest.mark.stack
 
 TIMEOUT = 180
-
-
-def stored(document_id: str, timeout: float = 60) -> Footprint:
-    """What the stores hold for the document, once the vector service serves its milvus-lite file."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return footprint(document_id)
-        except TransientError:  # the vector service is (re)starting
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
 
 
 async def outcomes(client: Client, subs: list[Submission]) -> list[Event]:
@@ -110,7 +97,7 @@ def test_refused_files_end_the_saga_at_the_first_step_with_the_reason(
         assert outcome.event_type == DOCUMENT_COMPENSATED, (path, outcome)
         assert outcome.payload["failed_step"] == "Upload"
         assert reason in outcome.payload["reason"], (path, outcome.payload["reason"])
-        assert stored(outcome.document_id).empty
+        assert footprint(outcome.document_id).empty
         state = SagaReader().state(outcome.document_id)
         assert state.status == "Compensated" and state.steps == {"Upload": "failed"}, state
 
@@ -134,7 +121,7 @@ def test_a_wrong_declared_hash_fails_integrity_and_the_chunks_are_deleted(servic
     assert state.steps == {"Upload": "compensated", "Integrity": "failed"}, state
     upload_undone = [m for m in state.history if m["event_type"] == "UploadCompensated"]
     assert upload_undone and upload_undone[0]["payload"]["removed"] == 1  # the chunk was there, and was deleted
-    assert stored(outcome.document_id).empty
+    assert footprint(outcome.document_id).empty
 
 
 def test_the_same_document_submitted_twice_is_ingested_once(
@@ -170,7 +157,7 @@ def test_the_same_document_submitted_twice_is_ingested_once(
     state = SagaReader().state(doc)
     assert [m["event_type"] for m in state.history].count(DOCUMENT_COMPLETED) == 1
     assert {m["saga_id"] for m in state.history if m["event_type"] != DOCUMENT_SUBMITTED} == {subs[0].saga_id}
-    f = stored(doc)
+    f = footprint(doc)
     chunk_count = outcome.payload["chunk_count"]
     assert (f.chunks, f.graph_nodes, f.relational_rows, f.security_records) == (1, 1, 1, 1), f
     assert chunk_count >= 4 and f.vectors == chunk_count, (f, chunk_count)

@@ -4,7 +4,6 @@ an old backup) is rebuilt from the chunk store and the event store, and the audi
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,8 @@ from services.graph.adapters import GraphStore
 from services.operator.consistency import audit
 from services.operator.state import SagaReader
 from services.vector.adapters import VectorIndex
-from tests.e2e.test_bad_input import stored, terminal_events
+from tests.e2e.stores import footprint
+from tests.e2e.test_bad_input import terminal_events
 from tests.e2e.test_cli import uds3
 from tests.running import Services
 from tests.security.test_forged_events import completed
@@ -24,19 +24,11 @@ pytestmark = pytest.mark.stack
 
 
 def wipe_vectors(doc: str, s: Settings) -> None:
-    """Through the vector service's milvus-lite server (a fresh connection is now and then refused)."""
-    for attempt in range(5):
-        try:
-            index = VectorIndex(s.milvus_uri, s.milvus_collection).open()
-            try:
-                index.delete_document(doc)
-                return
-            finally:
-                index.close()
-        except Exception:
-            if attempt == 4:
-                raise
-            time.sleep(1)
+    index = VectorIndex.of(s).open()
+    try:
+        index.delete_document(doc)
+    finally:
+        index.close()
 
 
 def test_a_document_that_lost_its_vectors_and_its_graph_is_repaired(
@@ -45,7 +37,7 @@ def test_a_document_that_lost_its_vectors_and_its_graph_is_repaired(
     folder = run_dir / "repair"
     folder.mkdir()
     doc, untouched = (asyncio.run(completed(folder, name)) for name in ("lost.txt", "untouched.txt"))
-    before, other = stored(doc), stored(untouched)
+    before, other = footprint(doc), footprint(untouched)
     wipe_vectors(doc, stack)
     graph = GraphStore.of(stack)
     graph.open()
@@ -53,14 +45,14 @@ def test_a_document_that_lost_its_vectors_and_its_graph_is_repaired(
         graph.remove(doc)
     finally:
         graph.close()
-    lost = stored(doc)
+    lost = footprint(doc)
     assert (lost.vectors, lost.graph_nodes) == (0, 0)
     assert {s for v in audit(stack, [doc]).violations for s in v.stores} == {"vectors", "graph"}
 
     repaired = uds3("audit", "repair", "-d", doc, timeout=300)
     assert repaired.returncode == 0, (repaired.stdout, repaired.stderr, services.logs())
     assert "consistent" in repaired.stdout
-    assert stored(doc) == before and stored(untouched) == other
+    assert footprint(doc) == before and footprint(untouched) == other
     assert audit(stack, [doc, untouched]).ok
     # The saga did not move: still Completed, announced once; each repair is in its step's log.
     assert asyncio.run(terminal_events(stack, doc)) == ["DocumentCompleted"]

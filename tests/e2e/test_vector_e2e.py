@@ -24,7 +24,8 @@ from services.vector.adapters import VectorIndex
 from services.vector.embedding import load_embedder
 from services.vector.text import chunk_pages, iter_pdf_pages, iter_text_blocks
 from tests.documents import paragraph, pdf_file, text_file
-from tests.e2e.test_bad_input import outcomes, stored
+from tests.e2e.stores import footprint
+from tests.e2e.test_bad_input import outcomes
 from tests.running import Services
 
 pytestmark = pytest.mark.stack
@@ -71,14 +72,14 @@ def test_a_pdf_with_scans_and_a_text_file_land_with_their_chunks_and_pages(servi
     pdf_done, text_done = submit_all([pdf, text], author="A. Clerk")
     assert [pdf_done.event_type, text_done.event_type] == [DOCUMENT_COMPLETED] * 2, services.logs()
     assert (pdf_done.payload["chunk_count"], text_done.payload["chunk_count"]) == (len(pdf_chunks), len(text_chunks))
-    assert stored(pdf_done.document_id).vectors == len(pdf_chunks)
-    assert stored(text_done.document_id).vectors == len(text_chunks)
+    assert footprint(pdf_done.document_id).vectors == len(pdf_chunks)
+    assert footprint(text_done.document_id).vectors == len(text_chunks)
     ledger = indexed(pdf_done.document_id)
     assert (ledger["chunk_count"], ledger["page_count"], ledger["pages_without_text"]) == (len(pdf_chunks), 8, 2)
     assert indexed(text_done.document_id)["pages_without_text"] == 0
 
     settings = Settings()  # now, with this run's environment (`stack` was made before it was applied)
-    index = VectorIndex(settings.milvus_uri, settings.milvus_collection).open()
+    index = VectorIndex.of(settings).open()
     try:
         # Each chunk carries the page it starts on; the short passage page (4) starts no chunk of its own.
         assert pages_of(index, pdf_done.document_id) == {c.page for c in pdf_chunks} == {1, 2, 3, 5, 6}
@@ -125,7 +126,7 @@ def test_encrypted_and_corrupt_pdfs_fail_with_a_clear_reason_and_leave_nothing(
             "Security": "compensated",
             "Vectors": "failed",
         }, state
-        assert stored(outcome.document_id).empty
+        assert footprint(outcome.document_id).empty
 
 
 EMBEDDING = re.compile(r"embedding doc=(?P<doc>\S+) first=(?P<first>\d+) last=(?P<last>\d+)")
@@ -190,4 +191,4 @@ def test_a_vector_service_killed_mid_embedding_resumes_and_redoes_at_most_one_ba
     progress = [e.payload for e in vector_events.step_log(doc).emitted_of(VECTORS_PROGRESSED)]
     assert [p["batch"] for p in progress] == list(range(1, len(progress) + 1))  # each batch number once
     assert progress[-1]["chunks_done"] == total == outcome.payload["chunk_count"]
-    assert stored(doc).vectors == total
+    assert footprint(doc).vectors == total

@@ -1,4 +1,6 @@
-"""The graph step against the real Neo4j: nodes, relations, idempotency, undo, shared entities."""
+"""The graph step against the real Neo4j: what it links and reports, no duplicate nodes or
+relations in the database, its undo, and deployments sharing one database. The port's own
+contract (read back, shared entities, removal, placeholders) is `test_graph_contract.py`."""
 
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ def step(settings: Settings) -> Iterator[GraphStep]:
 
 @pytest.fixture
 def store(step: GraphStep) -> GraphStore:
+    assert isinstance(step.store, GraphStore)  # these tests read Neo4j itself as well
     return step.store
 
 
@@ -77,19 +80,14 @@ def count(store: GraphStore, names: list[str], docs: list[str]) -> tuple[int, in
     return record["nodes"], record["rels"]
 
 
-def test_node_and_relations_land(step: GraphStep, settings: Settings, store: GraphStore) -> None:
+def test_the_step_links_its_plan_and_reports_it(step: GraphStep, settings: Settings, store: GraphStore) -> None:
     doc, other, t = str(uuid.uuid4()), str(uuid.uuid4()), tag()
     log = run(step, settings, saga(doc, author=f"Ada {t}; Bob {t}", organisation=f"Org {t}",
                                    case_number=f"C-{t}", references=[other], metadata={"issuer": f"Gov {t}"}))
-    node = store.node("Document", doc)
-    assert node is not None
-    assert {k: node[k] for k in ("title", "sha256", "pages", "security_level", "placeholder")} == {
-        "title": f"Doc {doc[:8]}", "sha256": SHA, "pages": 2, "security_level": "internal", "placeholder": False}
     assert store.relations(doc) == {
         ("AUTHORED_BY", "Person", f"Ada {t}"), ("AUTHORED_BY", "Person", f"Bob {t}"),
         ("BELONGS_TO", "Organisation", f"Org {t}"), ("ISSUED_BY", "Organisation", f"Gov {t}"),
         ("PART_OF_CASE", "Case", f"C-{t}"), ("REFERENCES", "Document", other)}
-    assert store.node("Document", other) == {"id": other, "placeholder": True}
     linked = log.last_emitted(GRAPH_LINKED)
     assert linked is not None and dict(linked.payload) == {"node_id": doc, "relations": 6}
 
@@ -105,14 +103,6 @@ def test_handling_twice_changes_nothing(step: GraphStep, settings: Settings, sto
     assert [m["event_id"] for m in first.emitted] == [m["event_id"] for m in second.emitted]
 
 
-def test_changed_metadata_replaces_relations(step: GraphStep, settings: Settings, store: GraphStore) -> None:
-    doc, t = str(uuid.uuid4()), tag()
-    run(step, settings, saga(doc, author=f"Old {t}", case_number=f"C-{t}"))
-    run(step, settings, saga(doc, author=f"New {t}", case_number=f"C-{t}"))
-    assert store.relations(doc) == {("AUTHORED_BY", "Person", f"New {t}"), ("PART_OF_CASE", "Case", f"C-{t}")}
-    assert store.node("Person", f"Old {t}") is None  # nothing else used it
-
-
 def test_undo_removes_document_relations_and_unused_entities(step: GraphStep, settings: Settings,
                                                              store: GraphStore) -> None:
     doc, other, t = str(uuid.uuid4()), str(uuid.uuid4()), tag()
@@ -121,35 +111,6 @@ def test_undo_removes_document_relations_and_unused_entities(step: GraphStep, se
     assert undo(step, settings, doc) == 1 + 4 + 4  # node, relations, entities + placeholder
     assert count(store, [f"Ada {t}", f"Org {t}", f"C-{t}"], [doc, other]) == (0, 0)
     assert undo(step, settings, doc) == 0  # idempotent
-
-
-def test_shared_author_outlives_one_undo(step: GraphStep, settings: Settings, store: GraphStore) -> None:
-    a, b, t = str(uuid.uuid4()), str(uuid.uuid4()), tag()
-    author, case = f"Shared {t}", f"C-{t}"
-    run(step, settings, saga(a, author=author, case_number=case))
-    run(step, settings, saga(b, author=author))
-    undo(step, settings, a)
-    assert store.node("Person", author) is not None
-    assert store.node("Case", case) is None  # only `a` used it
-    assert store.relations(b) == {("AUTHORED_BY", "Person", author)}
-    undo(step, settings, b)
-    assert store.node("Person", author) is None
-
-
-def test_placeholder_is_completed_and_reverted(step: GraphStep, settings: Settings, store: GraphStore) -> None:
-    a, b = str(uuid.uuid4()), str(uuid.uuid4())
-    run(step, settings, saga(a, references=[b]))
-    assert store.node("Document", b) == {"id": b, "placeholder": True}
-    assert undo(step, settings, b) == 0  # a placeholder is not b's to remove
-    run(step, settings, saga(b))
-    node_b = store.node("Document", b)
-    assert node_b is not None and node_b["placeholder"] is False and node_b["sha256"] == SHA
-    assert store.relations(a) == {("REFERENCES", "Document", b)}
-    undo(step, settings, b)  # `a` still references b: it goes back to a placeholder
-    assert store.node("Document", b) == {"id": b, "placeholder": True}
-    assert store.relations(a) == {("REFERENCES", "Document", b)}
-    undo(step, settings, a)  # nothing references b any more: the placeholder goes too
-    assert store.node("Document", a) is None and store.node("Document", b) is None
 
 
 def test_deployments_sharing_the_database_never_see_touch_or_keep_each_others_nodes(

@@ -1,4 +1,8 @@
-"""The security step against the real PostgreSQL: identity, audit trail, undo, tampering."""
+"""The security step against the real PostgreSQL: identity, audit trail, undo, tampering, the lock.
+
+What any adapter of the port must do (upserts, seq order, one entry per event, removal) is in
+test_security_contract.py, against this adapter and the in-memory one.
+"""
 
 from __future__ import annotations
 
@@ -82,7 +86,6 @@ def test_handling_twice_changes_nothing(step: SecurityStep, settings: Settings) 
     first, _ = run(step, settings, sub)
     second, _ = run(step, settings, sub)
     assert (first.event_id, first.payload["audit_entry"]) == (second.event_id, second.payload["audit_entry"])
-    assert len(step.store.entries(doc)) == 1
 
 
 def test_observe_appends_each_event_once(step: SecurityStep, settings: Settings) -> None:
@@ -95,7 +98,6 @@ def test_observe_appends_each_event_once(step: SecurityStep, settings: Settings)
     entries = step.store.entries(doc)
     assert [e.event_type for e in entries] == [SECURITY_RECORDED, DOCUMENT_SUBMITTED]
     assert entries[1].detail["payload"]["title"] == "Audit test"
-    assert entries[0].seq < entries[1].seq
 
 
 def test_undo_deletes_the_record_and_keeps_the_trail(step: SecurityStep, settings: Settings) -> None:
@@ -107,15 +109,7 @@ def test_undo_deletes_the_record_and_keeps_the_trail(step: SecurityStep, setting
     entries = step.store.entries(doc)
     assert [e.event_type for e in entries] == [SECURITY_RECORDED, RECORD_REMOVED]
     assert entries[1].detail["removed"]["identity"] == identity_of(doc)
-    again = step.undo(log, Context(settings))  # idempotent: nothing left, nothing appended
-    assert again.removed == 0
-    assert len(step.store.entries(doc)) == 2
-
-
-def test_undo_of_nothing(step: SecurityStep, settings: Settings) -> None:
-    doc = str(uuid.uuid4())
-    assert step.undo(StepLog("security", doc), Context(settings)).removed == 0
-    assert step.store.entries(doc) == []
+    assert step.undo(log, Context(settings)).removed == 0  # idempotent: nothing left
 
 
 def problems_at(conn: psycopg.Connection) -> set[tuple[int, str]]:

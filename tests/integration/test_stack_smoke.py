@@ -143,16 +143,18 @@ async def test_neo4j_async_driver_writes_and_reads_a_node(stack: Settings) -> No
     assert found.records[0]["n"] == 1
 
 
-def test_milvus_lite_inserts_searches_and_deletes_by_filter(tmp_path: Path) -> None:
-    client = MilvusClient(str(tmp_path / "smoke.db"))
+def test_milvus_lite_server_inserts_searches_and_deletes_by_filter(stack: Settings) -> None:
+    """The stack's milvus-lite server, as every vector process reaches it: a client by URI."""
+    client, smoke = MilvusClient(uri=stack.milvus_uri), f"{stack.milvus_collection}_smoke"
     try:
-        client.create_collection("smoke", dimension=4, primary_field_name="id", id_type="string", max_length=16)
-        client.upsert("smoke", [{"id": "a", "vector": [1, 0, 0, 0], "doc": "d1"},
-                                {"id": "b", "vector": [0, 1, 0, 0], "doc": "d2"}])
-        hit = client.search("smoke", [[1, 0, 0, 0]], limit=1, output_fields=["doc"])[0][0]
-        client.delete("smoke", filter='doc == "d1"')
-        left = client.query("smoke", filter='doc != ""', output_fields=["doc"])
+        client.create_collection(smoke, dimension=4, primary_field_name="id", id_type="string", max_length=16)
+        client.upsert(smoke, [{"id": "a", "vector": [1, 0, 0, 0], "doc": "d1"},
+                              {"id": "b", "vector": [0, 1, 0, 0], "doc": "d2"}])
+        hit = client.search(smoke, [[1, 0, 0, 0]], limit=1, output_fields=["doc"])[0][0]
+        client.delete(smoke, filter='doc == "d1"')
+        left = client.query(smoke, filter='doc != ""', output_fields=["doc"])
     finally:
+        client.drop_collection(smoke)
         client.close()
     assert hit["entity"]["doc"] == "d1"
     assert [r["doc"] for r in left] == ["d2"]

@@ -1,4 +1,5 @@
-"""Step 6 (vector) with the real model and its own milvus-lite file: chunks, pages, failures, resume, search.
+"""Step 6 (vector) with the real model and its own collection on the stack's milvus-lite server:
+chunks, pages, failures, resume, search.
 
 The documents are uploaded by the real uploader step into a chunk store in a tmp folder, and the
 vector step reads them back through `ChunkedReader`, as in production.
@@ -18,7 +19,7 @@ from services.core.config import Settings
 from services.core.events import SECURITY_RECORDED, UPLOAD_COMPLETED, VECTORS_INDEXED, VECTORS_PROGRESSED, Event
 from services.core.step import Interrupted
 from services.core.steplog import StepLog
-from services.vector.adapters import TEXT_MAX
+from services.vector.adapters import TEXT_MAX, VectorIndex
 from services.vector.embedding import Embedder, Vectors
 from services.vector.step import VectorStep
 from services.vector.text import chunk_pages, iter_pdf_pages, iter_text_blocks
@@ -32,22 +33,24 @@ PASSAGE = (
 )
 
 
+pytestmark = pytest.mark.stack
+
+
 @pytest.fixture(scope="module")
-def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+def settings(tmp_path_factory: pytest.TempPathFactory, stack: Settings) -> Settings:
     tmp = tmp_path_factory.mktemp("vector")
-    return make_settings(tmp, milvus_uri=str(tmp / "milvus" / "vectors.db"), embed_batch=BATCH)
+    return make_settings(tmp, milvus_collection=f"{stack.milvus_collection}_step", embed_batch=BATCH)
 
 
 @pytest.fixture(scope="module")
 def step(settings: Settings) -> Iterator[VectorStep]:
-    """One vector step (model + embedded milvus-lite file) for the module: it takes a few seconds to open."""
+    """One vector step (the model takes a few seconds to load) with its own collection."""
     s = VectorStep.from_settings(settings)
     s.start()
     yield s
+    assert isinstance(s.vectors, VectorIndex)
+    s.vectors.drop()
     s.stop()
-    from milvus_lite.server_manager import server_manager_instance
-
-    server_manager_instance.release_server(settings.milvus_uri)
 
 
 class CountingEmbedder:
@@ -285,26 +288,3 @@ def test_search_finds_a_known_passage_in_the_top_three(
     hits = step.vectors.search(query.tolist(), k=3)
     ours = [h for h in hits if h["document_id"] == start.document_id and "Aurora arrived from Lisbon" in h["text"]]
     assert ours, hits
-
-
-
-def test_the_embedded_servers_address_is_published_while_it_serves_and_withdrawn_after(tmp_path: Path) -> None:
-    """`uds3 search` finds the vector service's milvus-lite through this file; a stopped
-    service must not leave its address behind (the CLI would then say it is not running)."""
-    from milvus_lite.server_manager import server_manager_instance
-
-    from services.core.errors import TransientError
-    from services.vector.adapters import VectorIndex, endpoint_file
-
-    uri = str(tmp_path / "own.db")
-    served = VectorIndex(uri, "probe").open(serve=True)
-    try:
-        reader = VectorIndex(uri, "probe").open()  # as the CLI does
-        reader.close()  # a reader's close leaves the address alone
-        assert endpoint_file(uri).read_text() == served.served
-    finally:
-        served.close()
-        server_manager_instance.release_server(uri)
-    assert not endpoint_file(uri).exists()
-    with pytest.raises(TransientError, match="the vector service is not running"):
-        VectorIndex(uri, "probe").open()

@@ -17,7 +17,8 @@ from services.core.config import Settings
 from services.core.events import DOCUMENT_COMPLETED, Event
 from services.operator.consistency import audit
 from services.operator.state import SagaReader
-from tests.e2e.test_bad_input import stored, terminal_events
+from tests.e2e.stores import footprint
+from tests.e2e.test_bad_input import terminal_events
 from tests.e2e.test_dead_letters import letters_for
 from tests.running import Services
 from tests.security.test_forged_events import completed
@@ -40,7 +41,7 @@ async def test_only_a_steps_own_principal_may_publish_its_events(
     folder = run_dir / "acl"
     folder.mkdir()
     victim = await completed(folder, "victim.txt")
-    before = stored(victim)
+    before = footprint(victim)
     saga = SagaReader().state(victim).saga_id
     failure = Event("VectorsFailed", victim, saga, {"step": "Vectors", "reason": "forged", "retryable": False,
                                                    "error_type": "Forged"})
@@ -52,7 +53,7 @@ async def test_only_a_steps_own_principal_may_publish_its_events(
         await publish_as(stack, "vector", topics.topic_for(DOCUMENT_COMPLETED, "relational").name,
                          Event(DOCUMENT_COMPLETED, victim, saga, {"content_sha256": "0" * 64, "chunk_count": 1,
                                                                   "page_count": 1, "duration_ms": 1}))
-    assert stored(victim) == before
+    assert footprint(victim) == before
     assert await terminal_events(stack, victim) == [DOCUMENT_COMPLETED]
     assert not audit(stack, [victim]).violations
 
@@ -99,7 +100,7 @@ async def test_an_event_of_another_step_on_a_services_own_topic_is_dead_lettered
     folder = run_dir / "acl-type"
     folder.mkdir()
     victim = await completed(folder, "victim.txt")
-    before = stored(victim)
+    before = footprint(victim)
     forged = Event("VectorsIndexed", victim, SagaReader().state(victim).saga_id,
                    {"collection": "x", "chunk_count": 1, "page_count": 1, "pages_without_text": 0,
                     "embedding_model": "x"})
@@ -113,5 +114,5 @@ async def test_an_event_of_another_step_on_a_services_own_topic_is_dead_lettered
     letters = await letters_for(stack, (graph_topic, meta.partition, meta.offset), len(topics.SERVICES))
     assert sorted(x.event.producer for x in letters) == sorted(topics.SERVICES)
     assert all(f"VectorsIndexed does not travel on {graph_topic}" in x.event.payload["error"] for x in letters)
-    assert stored(victim) == before
+    assert footprint(victim) == before
     assert not audit(stack, [victim]).violations

@@ -22,7 +22,8 @@ from services.core.saga import SERVICES
 from services.core.store import StepStore
 from services.operator.state import SagaReader
 from tests.documents import paragraph, text_file
-from tests.e2e.test_bad_input import stored, terminal_events
+from tests.e2e.stores import footprint
+from tests.e2e.test_bad_input import terminal_events
 from tests.e2e.test_dead_letters import letters_for, produce
 from tests.running import Services
 
@@ -53,7 +54,7 @@ async def test_events_that_break_a_rule_are_dead_lettered_and_touch_nothing(
     source = text_file(folder, "forged.txt", paragraph(3, 300))
     victim = await completed(folder, "victim.txt")  # a document that must survive everything below
     escape = f"../escaped-{uuid.uuid4().hex[:8]}"
-    before = stored(victim)
+    before = footprint(victim)
     wildcard = f'{victim}" || document_id != "'
     forged = {
         "a path as document id": (escape, _submission(escape, source), "document_id must be a canonical UUID"),
@@ -79,7 +80,7 @@ async def test_events_that_break_a_rule_are_dead_lettered_and_touch_nothing(
         assert all(f"invalid {event.event_type}: " in x.event.payload["error"] and reason in x.event.payload["error"]
                    for x in found), (case, [x.event.payload["error"] for x in found])
     assert not (stack.chunk_store_dir / escape).resolve().exists()
-    assert stored(victim) == before and before.vectors > 0 and before.chunks > 0
+    assert footprint(victim) == before and before.vectors > 0 and before.chunks > 0
     assert await terminal_events(stack, victim) == [DOCUMENT_COMPLETED]  # its saga did not move
 
 
@@ -90,7 +91,7 @@ async def test_an_ended_saga_stays_ended(services: Services, stack: Settings, ru
     folder = run_dir / "ended"
     folder.mkdir()
     doc = await completed(folder, "done.txt")
-    before = stored(doc)
+    before = footprint(doc)
     saga = SagaReader().state(doc).saga_id
 
     def failure(step: str) -> Event:
@@ -113,7 +114,7 @@ async def test_an_ended_saga_stays_ended(services: Services, stack: Settings, ru
             break
         await asyncio.sleep(0.5)
     assert all(e.event_id in refused[s] for e, s in forged), (refused, services.logs())
-    assert stored(doc) == before
+    assert footprint(doc) == before
     assert await terminal_events(stack, doc) == [DOCUMENT_COMPLETED]
     state = SagaReader().state(doc)
     assert state.status == "Completed" and not state.errors

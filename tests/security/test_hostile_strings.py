@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -92,16 +91,13 @@ def test_sql_takes_every_field_as_data(steps: tuple[GraphStep, RelationalStep, S
 
 
 @pytest.mark.parametrize("hostile", ['" || id != "', '") or (document_id != "', "x\" or true or \"y"])
-def test_a_hostile_document_id_never_widens_a_milvus_filter(tmp_path: Path, hostile: str) -> None:
+def test_a_hostile_document_id_never_widens_a_milvus_filter(stack: Settings, hostile: str) -> None:
     """The filter parser takes no parameters, so ids are checked first: a quote and an expression
     in the id are refused, and no other document's vectors are counted, found or deleted."""
-    from milvus_lite.server_manager import server_manager_instance
-
     from services.core.validation import InvalidInput
     from services.vector.adapters import DIM, VectorIndex, chunk_key
 
-    uri = str(tmp_path / "hostile.db")
-    index = VectorIndex(uri, "probe").open(serve=True)
+    index = VectorIndex(stack.milvus_uri, f"{stack.milvus_collection}_hostile").open()
     try:
         docs = [str(uuid.uuid4()), str(uuid.uuid4())]
         index.upsert([{"id": chunk_key(d, i), "document_id": d, "chunk": i, "page": 1, "text": f"chunk {i}",
@@ -111,5 +107,5 @@ def test_a_hostile_document_id_never_widens_a_milvus_filter(tmp_path: Path, host
                 act(hostile)
         assert index.documents() == {docs[0]: 3, docs[1]: 3}
     finally:
+        index.drop()
         index.close()
-        server_manager_instance.release_server(uri)
