@@ -6,8 +6,12 @@ PY := .venv/bin/python
 VENV_STAMP := .venv/.installed
 # Debian's qemu-user: tests and bench also run the int8 model on an emulated CPU without VNNI.
 EMULATOR := /usr/bin/qemu-x86_64
+# `make up CLUSTER=3` (and services-up, demo, ... with it): the stack's 3-node Kafka cluster
+# instead of its single node; every process then reaches the cluster's brokers.
+CLUSTER ?= 1
+export UDS3_KAFKA_NODES := $(CLUSTER)
 
-.PHONY: venv model emulator up down status provision services-up services-down test unit integration e2e security lint demo bench chaos clean
+.PHONY: venv model emulator up down status provision services-up services-down test unit integration e2e security lint demo bench chaos chaos-cluster clean
 
 venv: $(VENV_STAMP)
 $(VENV_STAMP): requirements.lock requirements-model.txt pyproject.toml
@@ -41,8 +45,9 @@ status:
 	bash infra/stack.sh status
 	-$(PY) -m services.cli.main services status
 
+REPLICAS ?= 1
 services-up: up model
-	$(PY) -m services.cli.main services up
+	$(PY) -m services.cli.main services up --replicas $(REPLICAS)
 
 services-down:
 	$(PY) -m services.cli.main services down
@@ -74,6 +79,11 @@ bench: up model emulator
 
 chaos: up model
 	$(PY) -m tests.e2e.chaos --sagas 50 --kills 200
+
+# Two replicas of every service on the 3-node cluster; services and brokers killed.
+chaos-cluster: model
+	UDS3_KAFKA_NODES=3 bash infra/stack.sh up
+	UDS3_KAFKA_NODES=3 $(PY) -m tests.e2e.chaos --sagas 50 --kills 200 --replicas 2 --broker-kills 10
 
 clean: down
 	rm -rf .stack

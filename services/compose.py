@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import signal
+import sys
 
 from services.core import logs
 from services.core.config import Settings
@@ -33,6 +35,9 @@ def build_step(service: str, settings: Settings) -> Step:
 
 def main(service: str) -> None:
     """Entry point of `python -m services.<service>`."""
+    # A stop asked for while the step is still being built (the vector step loads its model for
+    # seconds) is a clean exit: nothing has been consumed yet. The runtime then takes SIGTERM over.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     logs.configure(service)
     settings = Settings()
     asyncio.run(Runtime(build_step(service, settings), settings).run())

@@ -34,6 +34,8 @@ class ServiceProcess:
         # predecessor's session timeout (10 s). UDS3_GROUP_INSTANCE opts into static membership
         # (instant takeover), which we saw stall after many kills in seconds (docs/operating.md).
         self.env = {**os.environ, **(env or {})}
+        if self.env.get("UDS3_GROUP_INSTANCE"):  # static membership: one instance id per replica
+            self.env["UDS3_GROUP_INSTANCE"] = f"{self.env['UDS3_GROUP_INSTANCE']}-{replica}"
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = run_dir() / f"{service}-{replica}.log"
         self.pid_path = run_dir() / f"{service}-{replica}.pid"
@@ -77,8 +79,9 @@ class ServiceProcess:
         return "\n".join(text.splitlines()[-lines:])
 
 
-def start_all(env: dict[str, str] | None = None) -> list[ServiceProcess]:
-    return [ServiceProcess(s, env=env).start() for s in SERVICES]
+def start_all(env: dict[str, str] | None = None, replicas: int = 1) -> list[ServiceProcess]:
+    """`replicas` processes of every service: each service's replicas share its consumer group."""
+    return [ServiceProcess(s, r, env=env).start() for s in SERVICES for r in range(replicas)]
 
 
 def stop_all(processes: list[ServiceProcess]) -> None:

@@ -381,14 +381,16 @@ def search(
 
 @services_app.command("up")
 @friendly
-def services_up() -> None:
+def services_up(
+    replicas: int = typer.Option(1, "--replicas", min=1, max=6, help="processes per service (one consumer group)"),
+) -> None:
     """Start the six services in the background (logs in .stack/services/)."""
     from services.processes import running_detached, start_all
 
     if running_detached():
         out.print("services already running")
         return
-    procs = start_all()
+    procs = start_all(replicas=replicas)
     out.print("started: " + ", ".join(f"{p.service} (pid {p.proc.pid})" for p in procs if p.proc))
 
 

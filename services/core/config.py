@@ -24,6 +24,19 @@ def _is_loopback(server: str) -> bool:
     return server.rsplit(":", 1)[0].strip("[]") in {"127.0.0.1", "localhost", "::1"}
 
 
+def kafka_nodes() -> int:
+    """1: the stack's single Kafka node; 3: its cluster profile (`make up CLUSTER=3`)."""
+    return int(_env("UDS3_KAFKA_NODES", "1"))
+
+
+def _local_bootstrap() -> str:
+    """The local stack's brokers, as `infra/stack.sh` numbers their ports."""
+    if kafka_nodes() == 1:
+        return f"127.0.0.1:{_env('UDS3_KAFKA_PORT', '19092')}"
+    base = int(_env("UDS3_KAFKA_CLUSTER_PORT", "29092"))
+    return ",".join(f"127.0.0.1:{base + 2 * i}" for i in range(kafka_nodes()))
+
+
 def _stack_dir() -> Path:
     return Path(_env("UDS3_STACK_DIR", str(REPO_ROOT / ".stack")))
 
@@ -50,9 +63,7 @@ def collection_for(deployment: str) -> str:
 class Settings:
     # The deployment: its topic prefix, and the namespace of its nodes in a shared Neo4j database.
     deployment: str = field(default_factory=lambda: _env("UDS3_TOPIC_PREFIX", "uds3"))
-    kafka_bootstrap: str = field(
-        default_factory=lambda: _env("UDS3_KAFKA_BOOTSTRAP", f"127.0.0.1:{_env('UDS3_KAFKA_PORT', '19092')}")
-    )
+    kafka_bootstrap: str = field(default_factory=lambda: _env("UDS3_KAFKA_BOOTSTRAP", _local_bootstrap()))
     # SASL_PLAINTEXT on the local stack; SASL_SSL (TLS with the system's CAs) anywhere else.
     kafka_security_protocol: str = field(
         default_factory=lambda: _env("UDS3_KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT")

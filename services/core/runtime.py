@@ -44,7 +44,7 @@ from services.core.pg import check_claim
 from services.core.saga import STEPS, compensated, completion, failed
 from services.core.step import Context, Interrupted, Step
 from services.core.steplog import ENDINGS, StepLog, event_of, message_of
-from services.core.store import StepStore, kafka_position
+from services.core.store import StepStore, kafka_position, open_store
 
 
 def classify(exc: BaseException) -> StepError:
@@ -166,14 +166,14 @@ class Runtime:
         while True:
             try:
                 await asyncio.to_thread(check_claim, self.settings, self.step.service, topics.PREFIX)
-                self.store = await asyncio.to_thread(StepStore, self.step.service, self.settings)
+                self.store = await asyncio.to_thread(open_store, self.step.service, self.settings)
                 break
             except Exception as e:
                 if stop.is_set():
                     return
                 if not classify(e).retriable:
                     raise
-                logs.warn(self.log, "database unreachable at start, waiting", error=str(e))
+                logs.warn(self.log, "event store not ready at start, retrying", error=str(e))
                 await asyncio.sleep(1)
         await asyncio.to_thread(self.step.start)
         kafka = self.settings.kafka(self.step.service)  # its own principal: it may write only its own topics
@@ -194,7 +194,8 @@ class Runtime:
         self.relay = Relay(self.store, producer)
         try:
             await self.relay.flush()  # what a crashed run recorded but never published
-            consumer.subscribe([t.name for t in topics.SAGA_TOPICS], listener=_ForgetPositions(self.positions))
+            listener = _ForgetPositions(self.positions, self.log)
+            consumer.subscribe([t.name for t in topics.SAGA_TOPICS], listener=listener)
             await consumer.start()
             logs.info(self.log, "started", group=self.group)
             stopper = asyncio.create_task(stop.wait())
@@ -506,8 +507,8 @@ class Runtime:
 class _ForgetPositions(ConsumerRebalanceListener):
     """After a rebalance another replica may have moved a partition on: reload positions."""
 
-    def __init__(self, positions: dict[TopicPartition, int | None]) -> None:
-        self.positions = positions
+    def __init__(self, positions: dict[TopicPartition, int | None], log: logging.Logger) -> None:
+        self.positions, self.log = positions, log
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         for tp in revoked:
@@ -516,6 +517,7 @@ class _ForgetPositions(ConsumerRebalanceListener):
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         for tp in assigned:
             self.positions.pop(tp, None)
+        logs.info(self.log, "assigned", partitions=len(assigned))  # replicas share the partitions
 
 
 def _title(submission: Event | None) -> str:

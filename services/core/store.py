@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import psycopg
 from eventsourcing.application import ProcessingEvent
 from eventsourcing.persistence import IntegrityError, Tracking
 from eventsourcing.system import ProcessApplication
@@ -42,6 +43,15 @@ def store_env(service: str, settings: Settings, *, admin: bool = False) -> dict[
         # A service waits out a database restart; an operator's read (`uds3 status`) fails fast.
         "POSTGRES_CONNECT_TIMEOUT": "5" if admin else "30",
     }
+
+
+def open_store(service: str, settings: Settings) -> StepStore:
+    """The service's event store, its tables created on first use. Replicas starting together
+    would race to create them (`type ... already exists`): one creates at a time, under an
+    advisory lock of the service's."""
+    with psycopg.connect(settings.pg_dsn(*settings.service_role(service))) as conn:
+        conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (f"uds3 event store {service}",))
+        return StepStore(service, settings)  # the lock goes with the connection
 
 
 class StepStore(ProcessApplication[uuid.UUID]):

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError, for_code
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 from aiokafka.structs import ConsumerRecord
 
-from services.core.config import Settings
+from services.core.config import Settings, kafka_nodes
 from services.core.events import COMPENSATION_FAILED, DEAD_LETTER, PROGRESS_EVENTS, TERMINAL_EVENTS
 from services.core.saga import ALL_EVENT_TYPES, OWNER, SERVICES, SUBMITTER
 
@@ -51,8 +51,12 @@ class Topic:
 
     @property
     def configs(self) -> dict[str, str]:
-        """Topic-level broker configs, as the admin API takes them."""
-        return {"retention.ms": str(self.retention_ms), "cleanup.policy": self.cleanup_policy}
+        """Topic-level broker configs, as the admin API takes them. With replicas, an acks=all
+        write is kept by two of them before it is acknowledged, and a replica that fell behind
+        never becomes leader: a broker lost loses no acknowledged event."""
+        return {"retention.ms": str(self.retention_ms), "cleanup.policy": self.cleanup_policy,
+                "min.insync.replicas": str(max(1, min(2, self.replication_factor - 1))),
+                "unclean.leader.election.enable": "false"}
 
 
 def build_topics(prefix: str, replication_factor: int = 1) -> tuple[Topic, ...]:
@@ -103,7 +107,7 @@ def build_topics(prefix: str, replication_factor: int = 1) -> tuple[Topic, ...]:
 
 
 PREFIX = os.environ.get("UDS3_TOPIC_PREFIX", "uds3")
-REPLICATION_FACTOR = int(os.environ.get("UDS3_TOPIC_REPLICATION", "1"))
+REPLICATION_FACTOR = int(os.environ.get("UDS3_TOPIC_REPLICATION", str(min(3, kafka_nodes()))))
 ALL_TOPICS: tuple[Topic, ...] = build_topics(PREFIX, REPLICATION_FACTOR)
 SUBMISSIONS, COMPLETIONS, DEAD_LETTERS = ALL_TOPICS[0], ALL_TOPICS[-2], ALL_TOPICS[-1]
 # What the services consume: every saga event, from every producer (no progress).
@@ -251,9 +255,14 @@ async def _wait_for_leaders(admin: AIOKafkaAdminClient, names: set[str], timeout
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     while True:
+        try:
+            described = await admin.describe_topics(sorted(names))
+        except KafkaError as e:  # the node it asked is down (a cluster node restarting): ask again
+            log.warning("topic metadata unavailable, retrying: %s", e)
+            described = []
         ready = {
             meta["topic"]: len(meta["partitions"])
-            for meta in await admin.describe_topics(sorted(names))
+            for meta in described
             if meta["error_code"] == 0 and meta["partitions"] and _have_leaders(meta["partitions"])
         }
         if names <= ready.keys():

@@ -76,7 +76,7 @@ def _binding(g: Grant) -> AclBinding:
     )
 
 
-def _admin(settings: Settings) -> AdminClient:
+def admin_client(settings: Settings) -> AdminClient:
     o = settings.kafka("admin")
     return AdminClient({
         "bootstrap.servers": o["bootstrap_servers"], "security.protocol": o["security_protocol"],
@@ -86,7 +86,7 @@ def _admin(settings: Settings) -> AdminClient:
 
 
 def _provision_principals_and_acls(settings: Settings, prefix: str, layout: tuple[topics.Topic, ...]) -> None:
-    admin = _admin(settings)
+    admin = admin_client(settings)
     # Upserts: the same password again changes nothing; a new one in the environment rotates it.
     scram = ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 8192)
     upserts: list[UserScramCredentialAlteration] = [
@@ -103,6 +103,8 @@ async def provision_kafka(
 ) -> list[str]:
     """The deployment's principals, topics and ACLs (idempotent, as admin). Returns the
     topics it created."""
-    layout = layout or (topics.ALL_TOPICS if prefix == topics.PREFIX else topics.build_topics(prefix))
+    if layout is None:
+        same = prefix == topics.PREFIX
+        layout = topics.ALL_TOPICS if same else topics.build_topics(prefix, topics.REPLICATION_FACTOR)
     await asyncio.to_thread(_provision_principals_and_acls, settings, prefix, layout)
     return await topics.ensure_topics(settings, layout)

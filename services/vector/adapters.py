@@ -4,8 +4,10 @@ the same assertions against both (`tests/integration/test_vectors_contract.py`).
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -85,6 +87,15 @@ class InMemoryVectors:
                 for score, row in found[:k]]
 
 
+def _channel_options(uri: str) -> dict[str, Any]:
+    """milvus-lite's server keeps gRPC's default ping policy (one ping per 5 minutes without a
+    call); pymilvus pings every 10 s, which that server answers by closing the channel
+    (GOAWAY `too_many_pings`). Towards the local server, ping as often as it allows."""
+    if urlsplit(uri).hostname not in ("127.0.0.1", "localhost", "::1"):
+        return {}
+    return {"grpc_options": {"grpc.keepalive_time_ms": 300_000, "grpc.keepalive_permit_without_calls": False}}
+
+
 class VectorIndex:
     """Milvus by URI: the stack's milvus-lite server, or a Milvus cluster (every vector process
     is a client of the same server, so several can run at once)."""
@@ -97,17 +108,22 @@ class VectorIndex:
     def of(cls, settings: Settings) -> VectorIndex:
         return cls(settings.milvus_uri, settings.milvus_collection)
 
-    def open(self) -> VectorIndex:
-        """Connects and creates the deployment's collection when it is not there yet."""
+    def open(self, attempts: int = 3) -> VectorIndex:
+        """Connects and creates the deployment's collection when it is not there yet; a refused
+        connection is tried again (a busy server), then reported as transient."""
         from pymilvus import MilvusClient
 
-        try:
-            self.client = MilvusClient(uri=self.uri)
-            self._ensure_collection()
-        except Exception as e:
-            self.close()
-            raise TransientError(f"Milvus at {self.uri} unavailable: {e}") from e
-        return self
+        for attempt in range(attempts):
+            try:
+                self.client = MilvusClient(uri=self.uri, **_channel_options(self.uri))
+                self._ensure_collection()
+                return self
+            except Exception as e:
+                self.close()
+                if attempt == attempts - 1:
+                    raise TransientError(f"Milvus at {self.uri} unavailable: {e}") from e
+                time.sleep(1 + attempt)
+        raise AssertionError("unreachable")
 
     def close(self) -> None:
         if self.client is not None:

@@ -100,6 +100,13 @@ class Results:
     seconds: dict[str, float] = field(default_factory=dict)
     outage: str = ""
     in_flight_at_outage: int = 0  # sagas submitted and not ended when the stores went away
+    replicas: int = 1  # processes per service at the start
+    killed_services: list[str] = field(default_factory=list)  # every service killed at least once, sorted
+    added_took_partitions: int = 0  # `--scale`: replicas added mid-run that were assigned partitions
+    retired: int = 0  # `--scale`: replicas stopped (SIGTERM) mid-run while running
+    retired_cleanly: int = 0  # of those, the ones that exited 0 within the timeout
+    broker_kills: int = 0  # `--broker-kills`: SIGKILLs of the Kafka node leading most of our partitions
+    rolling_restarts: int = 0  # `--rolling-restart`: Kafka nodes stopped and started one after another
 
     @property
     def ok(self) -> bool:
@@ -114,6 +121,10 @@ class Results:
             "unexpected": len(self.unexpected), "violations": len(self.violations),
             "duplicate_effects": len(self.duplicates), "redelivered_same_id": self.redelivered,
             "outage": self.outage, "in_flight_at_outage": self.in_flight_at_outage,
+            "replicas": self.replicas, "killed_services": self.killed_services,
+            "added_took_partitions": self.added_took_partitions, "retired": self.retired,
+            "retired_cleanly": self.retired_cleanly, "broker_kills": self.broker_kills,
+            "rolling_restarts": self.rolling_restarts,
             "seconds": {k: round(v, 1) for k, v in self.seconds.items()}, "ok": self.ok,
         }
 
@@ -160,9 +171,10 @@ def scan_pdf(folder: Path, name: str, text: str, image_bytes: int, rng: random.R
 
 # --- the services, killed and restarted -------------------------------------------------------
 class Fleet:
-    """The six services of this run, one process each, with their logs in the run folder."""
+    """The six services of this run, `replicas` processes each (named `<service>-<replica>`),
+    with their logs in the run folder."""
 
-    def __init__(self, env: dict[str, str], folder: Path, static: bool = True) -> None:
+    def __init__(self, env: dict[str, str], folder: Path, static: bool = True, replicas: int = 1) -> None:
         from services.core.saga import SERVICES
 
         # Static group membership (UDS3_GROUP_INSTANCE): a restarted service takes its partitions
@@ -170,7 +182,8 @@ class Fleet:
         # (10 s, UDS3_KAFKA_SESSION_TIMEOUT_MS) and the kills would mostly land on services that are waiting to rejoin.
         self.env = {**env, "UDS3_GROUP_INSTANCE": "0"} if static else env
         self.folder = folder
-        self.names = list(SERVICES)
+        self.services = list(SERVICES)
+        self.names = [f"{s}-{r}" for s in SERVICES for r in range(replicas)]
         self.procs: dict[str, Any] = {}
         self.expected_dead: set[str] = set()
         self.kills = 0
@@ -179,11 +192,13 @@ class Fleet:
         self.log_sizes: dict[str, tuple[int, float]] = {}  # service -> (log size, when it last grew)
         self.started_at: dict[str, int] = {}  # service -> its log's size when it was last started
         self.consuming: set[str] = set()  # services that logged "started" since their last start
+        self.added: list[str] = []  # replicas added mid-run (`--scale`)
 
     def start(self, name: str) -> None:
         from services.processes import ServiceProcess
 
-        p = ServiceProcess(name, env=self.env)
+        service, replica = name.rsplit("-", 1)
+        p = ServiceProcess(service, int(replica), env=self.env)
         p.log_path = self.folder / f"{name}.log"  # not .stack/services: other runs write there
         p.pid_path = self.folder / f"{name}.pid"  # and `uds3 services down` stops what is there
         self.started_at[name] = p.log_path.stat().st_size if p.log_path.exists() else 0
@@ -206,8 +221,10 @@ class Fleet:
         """Consuming services that wrote to their log in the last `within` seconds (at work)."""
         now = time.monotonic()
         found = []
-        for name in self.names:
-            size = self.log(name).stat().st_size if self.log(name).exists() else 0
+        for name in list(self.names):  # `add` and `retire` change it from other threads
+            if not self.log(name).exists():
+                continue
+            size = self.log(name).stat().st_size
             if name not in self.consuming:
                 with open(self.log(name), "rb") as f:
                     f.seek(self.started_at.get(name, 0))
@@ -221,8 +238,35 @@ class Fleet:
                 found.append(name)
         return found
 
+    def replicas_of(self, service: str) -> list[str]:
+        return [n for n in self.names if n.rsplit("-", 1)[0] == service]
+
+    def add(self, service: str) -> str:
+        """One more replica of `service`: it joins the consumer group and takes partitions over."""
+        name = f"{service}-{max(int(n.rsplit('-', 1)[1]) for n in self.procs if n.startswith(service + '-')) + 1}"
+        self.start(name)
+        self.names.append(name)  # after its log exists: `busy` reads it from another thread
+        return name
+
+    def retire(self, name: str) -> bool | None:
+        """Stops a replica for good (SIGTERM): whether it exited cleanly within the timeout;
+        None when it was not running (the monkey had just killed it)."""
+        self.names.remove(name)
+        self.expected_dead.add(name)
+        proc = self.procs[name]
+        if not proc.alive:
+            return None
+        proc.stop(timeout=30)
+        return proc.proc is not None and proc.proc.returncode == 0
+
+    def took_partitions(self, name: str) -> bool:
+        """Its runtime logged a rebalance that gave it partitions (`assigned partitions=N`)."""
+        counts = re.findall(r" assigned partitions=(\d+)", self.log(name).read_text(errors="replace"))
+        return any(int(n) > 0 for n in counts)
+
     def restart_crashed(self) -> list[str]:
-        crashed = [n for n, p in self.procs.items() if not p.alive and n not in self.expected_dead]
+        crashed = [n for n, p in self.procs.items()
+                   if not p.alive and n not in self.expected_dead and n in self.names]
         for name in crashed:
             self.crashes += 1
             self.start(name)
@@ -237,29 +281,50 @@ class Fleet:
         return self.folder / f"{name}.log"
 
 
-async def monkey(fleet: Fleet, kills: int, interval: tuple[float, float], rng: random.Random) -> None:
-    """SIGKILLs a random service at random moments and restarts it (right away or a moment later).
+async def monkey(fleet: Fleet, kills: int, interval: tuple[float, float], rng: random.Random,
+                 killed: set[str]) -> None:
+    """SIGKILLs a random service process at random moments and restarts it (right away or a
+    moment later). The first kills take every service once, in random order; then any.
 
-    Half of the kills are aimed: at a service that is working right now (its log just grew),
+    Half of the kills are aimed: at a process that is working right now (its log just grew),
     after a random few milliseconds, so kills land inside handlers, not only between them.
     """
-    for _ in range(kills):
+    order = rng.sample(fleet.services, len(fleet.services))
+    for i in range(kills):
         wait = rng.uniform(*interval)
-        name = rng.choice(fleet.names)
+        candidates = fleet.replicas_of(order[i]) if i < len(order) else list(fleet.names)
+        name = rng.choice(candidates)
         if rng.random() < 0.5:
             until = time.monotonic() + wait
-            while time.monotonic() < until:  # watch for a busy service until the kill is due
+            while time.monotonic() < until:  # watch for a busy process until the kill is due
                 await asyncio.sleep(0.05)
-                busy = fleet.busy(within=0.1)
+                busy = [n for n in fleet.busy(within=0.1) if n in candidates]
                 if busy:
                     name = rng.choice(busy)
                     await asyncio.sleep(rng.uniform(0, 0.2))
                     break
         else:
             await asyncio.sleep(wait)
+        if name not in fleet.names:  # retired meanwhile (`--scale`)
+            continue
         await asyncio.to_thread(fleet.kill, name)
+        killed.add(name.rsplit("-", 1)[0])
         await asyncio.sleep(rng.choice((0.0, 0.0, rng.uniform(0.1, 2.0))))
-        await asyncio.to_thread(fleet.start, name)
+        if name in fleet.names:
+            await asyncio.to_thread(fleet.start, name)
+
+
+async def scale(fleet: Fleet, phase: float, results: Results) -> None:
+    """A third of the way in, one replica more of every service; two thirds in, the first
+    replica of every service stopped for good: partitions move to the newcomers and back."""
+    await asyncio.sleep(phase / 3)
+    fleet.added = [await asyncio.to_thread(fleet.add, s) for s in fleet.services]
+    await asyncio.sleep(phase / 3)
+    for service in fleet.services:
+        clean = await asyncio.to_thread(fleet.retire, fleet.replicas_of(service)[0])
+        results.retired += clean is not None
+        results.retired_cleanly += bool(clean)
+    results.notes.append(f"added {', '.join(fleet.added)}; retired the first replica of each service")
 
 
 async def supervisor(fleet: Fleet, stop: asyncio.Event, results: Results) -> None:
@@ -269,6 +334,76 @@ async def supervisor(fleet: Fleet, stop: asyncio.Event, results: Results) -> Non
             results.notes.append(f"{name} exited by itself; restarted (see {fleet.log(name)})")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 1.0)
+
+
+# --- Kafka nodes killed and restarted (the cluster profile) ------------------------------------
+def leaders(settings: Any) -> dict[tuple[str, int], tuple[int, int]]:
+    """(topic, partition) -> (leader node, in-sync replicas) for this deployment's topics."""
+    from services.core import topics
+    from services.operator.access import admin_client
+
+    ours = {t.name for t in topics.ALL_TOPICS}
+    found = admin_client(settings).list_topics(timeout=10).topics
+    return {(name, p.id): (p.leader, len(p.isrs)) for name, t in found.items() if name in ours
+            for p in t.partitions.values()}
+
+
+def broker_pid(node: int) -> int:
+    """The cluster node's pid, from `infra/stack.sh status`."""
+    out = subprocess.run(["bash", "infra/stack.sh", "status"], cwd=REPO_ROOT, capture_output=True, text=True,
+                         env={**os.environ, "UDS3_KAFKA_NODES": "3"}).stdout
+    found = re.search(rf"^kafka-{node}\s+running.*pid=(\d+)", out, re.MULTILINE)
+    if found is None:
+        raise RuntimeError(f"Kafka node {node} is not running:\n{out}")
+    return int(found.group(1))
+
+
+def start_brokers() -> None:
+    """`infra/stack.sh up` starts the cluster's nodes that are not running and waits for them."""
+    subprocess.run(["bash", "infra/stack.sh", "up"], cwd=REPO_ROOT, check=True, capture_output=True,
+                   env={**os.environ, "UDS3_KAFKA_NODES": "3"})
+
+
+def wait_gone(pid: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
+async def fully_replicated(settings: Any, timeout: float = 120) -> None:
+    """Every partition of ours has all three replicas in sync again (before the next node goes)."""
+    deadline = time.monotonic() + timeout
+    while any(isr < 3 for _, isr in (await asyncio.to_thread(leaders, settings)).values()):
+        if time.monotonic() > deadline:
+            raise TimeoutError("partitions still under-replicated")
+        await asyncio.sleep(1)
+
+
+async def broker_monkey(settings: Any, kills: int, phase: float, rng: random.Random, results: Results) -> None:
+    """SIGKILLs the node that leads most of this deployment's partitions, one at a time, and
+    starts it again a few seconds later (RF 3, min.insync.replicas 2: one node may be down)."""
+    for _ in range(kills):
+        await asyncio.sleep(rng.uniform(0.3, 1.0) * phase / kills)
+        counts = Counter(leader for leader, _ in (await asyncio.to_thread(leaders, settings)).values())
+        node = counts.most_common(1)[0][0]
+        os.kill(broker_pid(node), signal.SIGKILL)
+        results.broker_kills += 1
+        await asyncio.sleep(rng.uniform(1.0, 5.0))
+        await asyncio.to_thread(start_brokers)
+        await fully_replicated(settings)
+
+
+async def rolling_restart(settings: Any, phase: float, results: Results) -> None:
+    """Each node in turn: SIGTERM (a controlled shutdown hands its leaderships over), start,
+    and wait for every partition to be fully replicated before the next."""
+    await asyncio.sleep(phase / 4)
+    for node in (1, 2, 3):
+        pid = broker_pid(node)
+        os.kill(pid, signal.SIGTERM)
+        await asyncio.to_thread(wait_gone, pid)
+        await asyncio.to_thread(start_brokers)
+        await fully_replicated(settings)
+        results.rolling_restarts += 1
 
 
 # --- an outage of the stores ------------------------------------------------------------------
@@ -351,7 +486,9 @@ async def run(args: argparse.Namespace, env: dict[str, str], folder: Path) -> Re
     docs_dir = folder / "documents"
     docs_dir.mkdir()
     docs = make_documents(docs_dir, args.sagas, rng, only_good=args.outage)
-    fleet = Fleet(env, folder / "logs", static=args.static_membership)
+    fleet = Fleet(env, folder / "logs", static=args.static_membership, replicas=args.replicas)
+    results.replicas = args.replicas
+    killed: set[str] = set()
     (folder / "logs").mkdir()
     began = time.monotonic()
     fleet.start_all()
@@ -372,7 +509,13 @@ async def run(args: argparse.Namespace, env: dict[str, str], folder: Path) -> Re
                     doc.document_id, doc.submitted_at = sub.document_id, time.monotonic()
 
             tasks = [asyncio.create_task(submit_all()), asyncio.create_task(
-                monkey(fleet, args.kills, tuple(args.interval), rng))]
+                monkey(fleet, args.kills, tuple(args.interval), rng, killed))]
+            if args.scale:
+                tasks.append(asyncio.create_task(scale(fleet, phase, results)))
+            if args.broker_kills:
+                tasks.append(asyncio.create_task(broker_monkey(settings, args.broker_kills, phase, rng, results)))
+            if args.rolling_restart:
+                tasks.append(asyncio.create_task(rolling_restart(settings, phase, results)))
             if args.outage:
                 async def freeze_later() -> None:
                     await asyncio.sleep(max(phase / 2, 3.0))  # while the first documents are at work
@@ -384,6 +527,7 @@ async def run(args: argparse.Namespace, env: dict[str, str], folder: Path) -> Re
                 tasks.append(asyncio.create_task(freeze_later()))
             await asyncio.gather(*tasks)
         results.kills, results.busy_kills = fleet.kills, fleet.busy_kills
+        results.killed_services = sorted(killed)
         results.seconds["kill_phase"] = time.monotonic() - began
         print(f"[chaos] {len(docs)} submitted, {fleet.kills} kills in {results.seconds['kill_phase']:.0f}s; "
               "waiting for every saga to end", flush=True)
@@ -398,6 +542,7 @@ async def run(args: argparse.Namespace, env: dict[str, str], folder: Path) -> Re
                 break
             await asyncio.sleep(2)
         results.seconds["until_all_terminal"] = time.monotonic() - began
+        results.added_took_partitions = sum(fleet.took_partitions(n) for n in fleet.added)
         await asyncio.sleep(3)  # let redeliveries after the last restarts settle, then judge
         await judge(docs, settings, results)
     finally:
@@ -512,6 +657,13 @@ def main(argv: list[str] | None = None) -> int:
     # its partitions again (a clean-clone CI rehearsal lost 5 of 10 sagas to it).
     parser.add_argument("--static-membership", action="store_true",
                         help="static group membership: a restarted service takes its partitions back at once")
+    parser.add_argument("--replicas", type=int, default=1, help="processes per service, one consumer group")
+    parser.add_argument("--scale", action="store_true",
+                        help="mid-run, add a replica of every service, later stop the first one of each")
+    parser.add_argument("--broker-kills", type=int, default=0,
+                        help="SIGKILL the Kafka node leading most partitions this often (UDS3_KAFKA_NODES=3)")
+    parser.add_argument("--rolling-restart", action="store_true",
+                        help="restart the three Kafka nodes one after another mid-run (UDS3_KAFKA_NODES=3)")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--keep", action="store_true", help="keep the run folder (logs, chunks) even on success")
     parser.add_argument("--json", dest="json_out", type=Path, default=None, help="also write the figures here")
@@ -519,7 +671,7 @@ def main(argv: list[str] | None = None) -> int:
     args.seed = args.seed if args.seed is not None else random.randrange(10**6)
 
     status = subprocess.run(["bash", "infra/stack.sh", "status"], cwd=REPO_ROOT, capture_output=True, text=True)
-    if status.stdout.count("running") < 3:
+    if status.stdout.count("running") < 4:
         print("the native stack is not running: `make up` first\n" + status.stdout, file=sys.stderr)
         return 2
     folder = Path(tempfile.mkdtemp(prefix="uds3-chaos-"))
@@ -546,7 +698,7 @@ def main(argv: list[str] | None = None) -> int:
     print("CHAOS-RESULT " + json.dumps(s), flush=True)
     if args.json_out:
         args.json_out.write_text(json.dumps(s, indent=2))
-    if results.ok and not args.keep:
+    if results.ok and not results.crashes and not args.keep:
         from services.core import topics
         from services.core.config import Settings
         from services.operator.provision import drop_database, drop_shared_stores

@@ -1,7 +1,8 @@
-"""G1/G2/G3 under SIGKILL: the chaos runner, short (10 sagas, 20 kills; `make chaos` runs 50/200).
+"""G1/G2/G3 under SIGKILL: the chaos runner, short (10 sagas, 20 kills; `make chaos` runs 50/200),
+with one process per service and with replicas.
 
 It runs as its own process (`python -m tests.e2e.chaos`): it starts its own six services with
-its own topic prefix, database, chunk store and Milvus file, so it never meets this session's
+its own topic prefix, database, chunk store and Milvus collection, so it never meets this session's
 services. (Its database once was this session's: the session's relays then published, and so
 took away, chaos events; sagas were lost and StepLogs written by two processes.)
 """
@@ -9,6 +10,7 @@ took away, chaos events; sagas were lost and StepLogs written by two processes.)
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,14 +18,15 @@ from pathlib import Path
 import pytest
 
 from services.core.config import REPO_ROOT, Settings
+from services.core.saga import SERVICES
 
 pytestmark = pytest.mark.stack
 
 
-def chaos(figures: Path, *args: str) -> dict:
+def chaos(figures: Path, *args: str, env: dict[str, str] | None = None) -> dict:
     run = subprocess.run(
         [sys.executable, "-m", "tests.e2e.chaos", *args, "--settle", "150", "--json", str(figures)],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=420, env={**os.environ, **(env or {})},
     )
     figures_written = json.loads(figures.read_text()) if figures.exists() else {}
     seed = f"seed {figures_written.get('seed')} (rerun: python -m tests.e2e.chaos --seed ...)\n"
@@ -40,6 +43,20 @@ def test_short_chaos_run_loses_nothing_and_leaves_no_half_writes(stack: Settings
     assert result["lost"] == 0 and result["violations"] == 0, result["stdout"]
     assert result["unexpected"] == 0 and result["duplicate_effects"] == 0, result["stdout"]
     # the mix: three good documents and one flaky one complete, one failure per step compensates
+    assert (result["completed"], result["compensated"]) == (4, 6)
+
+
+def test_replicas_share_the_work_survive_kills_and_hand_partitions_over(stack: Settings, tmp_path: Path) -> None:
+    """Two processes of every service in one consumer group each; every service has one of
+    its replicas SIGKILLed mid-run; a third replica of every service joins a third of the way
+    in and the first one of each is stopped two thirds in: nothing lost, nothing done twice."""
+    result = chaos(tmp_path / "replicas.json", "--sagas", "10", "--kills", "12", "--replicas", "2", "--scale")
+    assert result["replicas"] == 2 and result["killed_services"] == sorted(SERVICES), result["stdout"]
+    assert result["busy_kills"] >= 2, "the kills met no service at work: " + result["stdout"]
+    assert result["added_took_partitions"] == len(SERVICES), "an added replica got no partitions: " + result["stdout"]
+    assert result["retired"] >= 3 and result["retired_cleanly"] == result["retired"], result["stdout"]
+    assert result["lost"] == 0 and result["violations"] == 0 and result["crashes"] == 0, result["stdout"]
+    assert result["unexpected"] == 0 and result["duplicate_effects"] == 0, result["stdout"]
     assert (result["completed"], result["compensated"]) == (4, 6)
 
 

@@ -58,7 +58,10 @@ def test_topic_layout() -> None:
     ]
     events, progress = topics.SAGA_TOPICS[1], topics.PROGRESS_TOPICS[0]
     assert progress.retention_ms < events.retention_ms < topics.COMPLETIONS.retention_ms
-    assert events.configs == {"retention.ms": str(events.retention_ms), "cleanup.policy": "delete"}
+    assert events.configs == {"retention.ms": str(events.retention_ms), "cleanup.policy": "delete",
+                              "min.insync.replicas": "1", "unclean.leader.election.enable": "false"}
+    on_a_cluster = topics.build_topics("p", replication_factor=3)[1]
+    assert (on_a_cluster.replication_factor, on_a_cluster.configs["min.insync.replicas"]) == (3, "2")
 
 
 def test_an_unknown_type_or_producer_has_no_topic() -> None:
