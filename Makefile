@@ -80,10 +80,11 @@ bench: up model emulator
 chaos: up model
 	$(PY) -m tests.e2e.chaos --sagas 50 --kills 200
 
-# Two replicas of every service on the 3-node cluster; services and brokers killed.
+# Two replicas of every service on the 3-node cluster, chunks on the S3 server; services and brokers killed.
 chaos-cluster: model
 	UDS3_KAFKA_NODES=3 bash infra/stack.sh up
-	UDS3_KAFKA_NODES=3 $(PY) -m tests.e2e.chaos --sagas 50 --kills 200 --replicas 2 --broker-kills 10
+	UDS3_KAFKA_NODES=3 $(PY) -m tests.e2e.chaos --sagas 50 --kills 200 --replicas 2 --broker-kills 10 \
+		--chunk-store s3
 
 clean: down
 	rm -rf .stack

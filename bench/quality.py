@@ -200,7 +200,7 @@ def embed_emulated(model: Path, texts: list[str], cpu: str = EMULATED_CPU) -> np
         lines, out = Path(tmp) / "texts.txt", Path(tmp) / "vectors.npy"
         lines.write_text("".join(" ".join(t.split()) + "\n" for t in texts), encoding="utf-8")
         run = subprocess.run([qemu, "-cpu", cpu, sys.executable, "-c", _EMBED, str(model), str(lines), str(out)],
-                             capture_output=True, text=True, timeout=120 + 60 * len(texts))
+                             capture_output=True, text=True, timeout=120 + 240 * len(texts))
         if run.returncode != 0:
             raise RuntimeError(f"emulated embedding failed: {run.stderr[-2000:]}")
         return np.asarray(np.load(out), dtype=np.float32)

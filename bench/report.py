@@ -31,8 +31,9 @@ FIGURES: dict[str, tuple[str, str]] = {
         "2. Upload + verify",
         "Uploader work time (UploadStarted -> UploadCompleted) and verifier work time "
         "(UploadCompleted -> IntegrityVerified), from the events' `occurred_at`, as MB/s and as a ratio "
-        "to a plain baseline on the same file in the same run: 5 MiB-chunk read + sha256 + write + fsync "
-        "into a temp folder. Only the uploader and verifier run (the saga stops after IntegrityVerified). "
+        "to a plain copy of the same file to the same store in the same run (the folder: 5 MiB-chunk read + "
+        "sha256 + write + fsync; the object store: boto3's `upload_file`), on both chunk stores. Only the "
+        "uploader and verifier run (the saga stops after IntegrityVerified). "
         "Peak RSS (VmHWM) of each, a fresh process per size. **Goals: ratio >= 0.7; peak RSS at the "
         "largest size <= peak at the smallest + 16 MB.**",
     ),

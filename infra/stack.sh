@@ -4,9 +4,10 @@
 #   or with UDS3_KAFKA_NODES=3 a Kafka cluster of three broker+controller nodes (replication factor 3,
 #   min.insync.replicas=2, no unclean leader election) on ports of its own, beside the single node,
 #   PostgreSQL 15 (Debian packages, the project's own cluster), milvus-lite's own gRPC server
-#   (from the project's virtual environment: every vector process is its client, as of a Milvus cluster).
+#   (from the project's virtual environment: every vector process is its client, as of a Milvus cluster),
+#   s3proxy (an S3 API server on a folder, from Maven Central: the chunk store's object-store option).
 #
-# Usage: bash infra/stack.sh fetch|up|down|down-cluster|status|logs [kafka|neo4j|postgres|milvus]
+# Usage: bash infra/stack.sh fetch|up|down|down-cluster|status|logs [kafka|neo4j|postgres|milvus|s3proxy]
 #   fetch   download jars (Maven Central) / install postgresql-15 if missing; compile launcher
 #   up      fetch if needed, start what is not running, return when every server answers
 #   down    stop all servers (SIGTERM, wait, SIGKILL as a last resort)
@@ -42,6 +43,9 @@ export UDS3_NEO4J_PASSWORD=${UDS3_NEO4J_PASSWORD:-uds3-local-graph}
 export UDS3_KAFKA_PASSWORD_ADMIN=${UDS3_KAFKA_PASSWORD_ADMIN:-uds3-local-admin}
 PG_PORT=${UDS3_PG_PORT:-15432}
 MILVUS_PORT=${UDS3_MILVUS_PORT:-19530}
+S3_PORT=${UDS3_S3_PORT:-18333}
+# The local stack's S3 identity `uds3` (the same default is in services/core/config.py).
+export UDS3_S3_SECRET=${UDS3_S3_SECRET:-uds3-local-s3}
 PYTHON=${UDS3_PYTHON:-$REPO_DIR/.venv/bin/python}  # milvus-lite is a Python package of the project
 UP_TIMEOUT=${UDS3_UP_TIMEOUT:-120}     # seconds to wait for each server to answer
 STOP_TIMEOUT=${UDS3_STOP_TIMEOUT:-60}  # seconds between SIGTERM and SIGKILL
@@ -54,6 +58,7 @@ RUN=$STACK_DIR/run
 KAFKA_LIB=$ART/kafka-$KAFKA_VERSION
 NEO4J_LIB=$ART/neo4j-$NEO4J_VERSION
 NEO4J_CLASSES=$NEO4J_LIB/classes
+S3PROXY_LIB=$ART/s3proxy-$S3PROXY_VERSION
 PG_BIN=/usr/lib/postgresql/$PG_MAJOR/bin
 PG_DATA=$DATA/postgres
 PG_SOCK=$RUN/postgres            # unix socket dir (owned by postgres)
@@ -196,6 +201,10 @@ fetch_neo4j() {
   fi
 }
 
+fetch_s3proxy() {
+  mvn_fetch "$INFRA_DIR/s3proxy/pom.xml" "$S3PROXY_LIB" -Ds3proxy.version="$S3PROXY_VERSION"
+}
+
 fetch_postgres() {
   [[ -x $PG_BIN/initdb ]] && return 0
   log "PostgreSQL $PG_MAJOR not installed; installing postgresql-$PG_MAJOR with apt-get"
@@ -208,6 +217,7 @@ cmd_fetch() {
   mkdir -p "$ART"
   fetch_kafka
   fetch_neo4j
+  fetch_s3proxy
   fetch_postgres
 }
 
@@ -387,6 +397,36 @@ milvus_answers() {
 MilvusClient(uri='http://127.0.0.1:$MILVUS_PORT', timeout=5).list_collections()" >/dev/null 2>&1
 }
 
+# ---------------------------------------------------------------- s3proxy
+
+s3proxy_pid() { live_pid "$RUN/s3proxy.pid" org.gaul.s3proxy.Main; }
+
+s3proxy_start() {
+  s3proxy_pid >/dev/null && return 0
+  mkdir -p "$DATA/s3" "$LOGS/s3proxy"
+  (umask 077 && cat >"$DATA/s3proxy.conf" <<EOF
+s3proxy.endpoint=http://127.0.0.1:$S3_PORT
+s3proxy.authorization=aws-v2-or-v4
+s3proxy.identity=uds3
+s3proxy.credential=$UDS3_S3_SECRET
+jclouds.provider=filesystem-nio2
+jclouds.filesystem.basedir=$DATA/s3
+jclouds.identity=local
+jclouds.credential=local
+EOF
+  )
+  log "starting s3proxy $S3PROXY_VERSION on http://127.0.0.1:$S3_PORT"
+  spawn "$RUN/s3proxy.pid" "$LOGS/s3proxy/s3proxy.out" \
+    "$JAVA" -Xms64m -Xmx256m -Dlogback.configurationFile="$INFRA_DIR/s3proxy/logback.xml" \
+    -cp "$S3PROXY_LIB/*" org.gaul.s3proxy.Main --properties "$DATA/s3proxy.conf"
+}
+
+# any HTTP answer (403 to an anonymous request) means the server serves
+s3proxy_answers() {
+  port_open "$S3_PORT" && [[ $( (exec 3<>"/dev/tcp/127.0.0.1/$S3_PORT" &&
+    printf 'GET / HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&3 && timeout 3 head -c 12 <&3) 2>/dev/null) == HTTP/1.1* ]]
+}
+
 # ---------------------------------------------------------------- PostgreSQL
 
 # The postgres OS user must be able to enter the stack folder. When it cannot (a checkout
@@ -479,11 +519,13 @@ cmd_up() {
   neo4j_pid >/dev/null || require_free_port "$NEO4J_BOLT_PORT" "Neo4j Bolt" UDS3_NEO4J_BOLT_PORT
   pg_pid >/dev/null || require_free_port "$PG_PORT" "PostgreSQL" UDS3_PG_PORT
   milvus_pid >/dev/null || require_free_port "$MILVUS_PORT" "milvus-lite" UDS3_MILVUS_PORT
+  s3proxy_pid >/dev/null || require_free_port "$S3_PORT" "s3proxy" UDS3_S3_PORT
   # start all of them first, then wait, so the JVM startups overlap
   for n in $(kafka_selected); do kafka_node "$n"; kafka_start; done
   neo4j_start
   pg_start
   milvus_start
+  s3proxy_start
   wait_for PostgreSQL "$PG_LOGS" "$PG_DATA/postmaster.pid" postgres pg_answers
   pg_ensure_role
   wait_for Neo4j "$LOGS/neo4j" "$RUN/neo4j.pid" Neo4jLauncher neo4j_answers
@@ -492,13 +534,14 @@ cmd_up() {
     wait_for "$K_NAME" "$K_LOGS" "$K_PID" "$K_DIR/server.properties" kafka_answers
   done
   wait_for milvus-lite "$LOGS/milvus" "$RUN/milvus.pid" "milvus_lite server" milvus_answers
+  wait_for s3proxy "$LOGS/s3proxy" "$RUN/s3proxy.pid" org.gaul.s3proxy.Main s3proxy_answers
   cmd_status
-  log "ready: kafka SASL/SCRAM admin@$(kafka_bootstrap)  bolt://neo4j@127.0.0.1:$NEO4J_BOLT_PORT  postgresql://uds3:uds3@127.0.0.1:$PG_PORT/uds3  http://127.0.0.1:$MILVUS_PORT (milvus-lite)"
+  log "ready: kafka SASL/SCRAM admin@$(kafka_bootstrap)  bolt://neo4j@127.0.0.1:$NEO4J_BOLT_PORT  postgresql://uds3:uds3@127.0.0.1:$PG_PORT/uds3  http://127.0.0.1:$MILVUS_PORT (milvus-lite)  http://127.0.0.1:$S3_PORT (s3proxy)"
 }
 
 cmd_down() {
   lock_stack
-  local kpids=() kpid npid ppid mpid n
+  local kpids=() kpid npid ppid mpid spid n
   # SIGTERM the JVMs first so their shutdowns (Kafka: controlled shutdown, Neo4j: checkpoint
   # via the launcher's shutdown hook) run in parallel; every Kafka node, of both profiles
   for n in 0 1 2 3; do
@@ -507,6 +550,7 @@ cmd_down() {
   done
   if npid=$(neo4j_pid); then log "stopping Neo4j (pid $npid)"; kill -TERM "$npid" 2>/dev/null || true; fi
   if mpid=$(milvus_pid); then log "stopping milvus-lite (pid $mpid)"; kill -TERM "$mpid" 2>/dev/null || true; fi
+  if spid=$(s3proxy_pid); then log "stopping s3proxy (pid $spid)"; kill -TERM "$spid" 2>/dev/null || true; fi
   if ppid=$(pg_pid); then
     log "stopping PostgreSQL (pid $ppid)"
     # fast = roll back open transactions, then a clean shutdown checkpoint
@@ -516,7 +560,8 @@ cmd_down() {
   for kpid in "${kpids[@]}"; do wait_stopped "$kpid" Kafka; done
   [[ -z ${npid:-} ]] || wait_stopped "$npid" Neo4j
   [[ -z ${mpid:-} ]] || wait_stopped "$mpid" milvus-lite
-  rm -f "$RUN"/kafka*.pid "$RUN/neo4j.pid" "$RUN/neo4j.ready" "$RUN/milvus.pid"
+  [[ -z ${spid:-} ]] || wait_stopped "$spid" s3proxy
+  rm -f "$RUN"/kafka*.pid "$RUN/neo4j.pid" "$RUN/neo4j.ready" "$RUN/milvus.pid" "$RUN/s3proxy.pid"
   log "stack stopped"
 }
 
@@ -552,6 +597,7 @@ cmd_status() {
   status_line neo4j "$(neo4j_pid || true)" "$NEO4J_BOLT_PORT"
   status_line postgres "$(pg_pid || true)" "$PG_PORT"
   status_line milvus "$(milvus_pid || true)" "$MILVUS_PORT"
+  status_line s3proxy "$(s3proxy_pid || true)" "$S3_PORT"
 }
 
 cmd_logs() {
@@ -562,8 +608,9 @@ cmd_logs() {
     neo4j | all) tail -n 30 "$LOGS/neo4j/neo4j.out" 2>/dev/null | sed 's/^/neo4j| /' ;;&
     postgres | all) tail -n 30 "$PG_LOGS/postgres.log" 2>/dev/null | sed 's/^/postgres| /' ;;&
     milvus | all) tail -n 30 "$LOGS/milvus/milvus.out" 2>/dev/null | sed 's/^/milvus| /' ;;&
-    kafka | neo4j | postgres | milvus | all) ;;
-    *) die "logs: unknown server '$which' (kafka|neo4j|postgres|milvus)" ;;
+    s3proxy | all) tail -n 30 "$LOGS/s3proxy/s3proxy.out" 2>/dev/null | sed 's/^/s3proxy| /' ;;&
+    kafka | neo4j | postgres | milvus | s3proxy | all) ;;
+    *) die "logs: unknown server '$which' (kafka|neo4j|postgres|milvus|s3proxy)" ;;
   esac
 }
 
@@ -578,7 +625,7 @@ main() {
     down-cluster) cmd_down_cluster ;;
     status) cmd_status ;;
     logs) cmd_logs "$@" ;;
-    *) echo "usage: bash infra/stack.sh fetch|up|down|down-cluster|status|logs [kafka|neo4j|postgres|milvus]" >&2; exit 2 ;;
+    *) echo "usage: bash infra/stack.sh fetch|up|down|down-cluster|status|logs [kafka|neo4j|postgres|milvus|s3proxy]" >&2; exit 2 ;;
   esac
 }
 

@@ -46,7 +46,7 @@ def _stack_is_up() -> bool:
         subprocess.run(
             ["bash", "infra/stack.sh", "status"], cwd=REPO_ROOT, capture_output=True, text=True
         ).stdout.count("running")
-        >= 4
+        >= 5
     )
 
 

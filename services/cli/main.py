@@ -23,7 +23,7 @@ from services.cli.ops import audit_app, dlq_app, saga_compensate, saga_retry
 from services.client import Client
 from services.core import messages, topics
 from services.core.config import Settings
-from services.core.errors import UNREACHABLE
+from services.core.errors import unreachable
 from services.core.events import TERMINAL_EVENTS, UPLOAD_PROGRESSED, VECTORS_PROGRESSED, Event
 from services.core.saga import SAGA, STEPS
 from services.core.validation import DEFAULT_SECURITY_LEVEL, InvalidInput, uuid_id
@@ -60,7 +60,7 @@ def friendly(fn: Callable[..., T]) -> Callable[..., T]:
             err.print(f"[red]error:[/red] cannot reach the stack ({e}); is it up? try `make up`")
             raise typer.Exit(3) from None
         except Exception as e:
-            if type(e).__name__ in UNREACHABLE:
+            if unreachable(e):
                 err.print(f"[red]error:[/red] cannot reach the stack ({type(e).__name__}: {e}); try `make up`")
                 raise typer.Exit(3) from None
             if type(e).__name__ == "UnknownTopicOrPartitionError":

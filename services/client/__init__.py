@@ -90,17 +90,17 @@ class Client:
 
         The services read documents only from the ingest inbox (`UDS3_ALLOWED_ROOT`): a file
         elsewhere is first copied into `<inbox>/staged/<document id>/`, read with the caller's
-        rights; `staged(done, total)` is called as the copy proceeds."""
+        rights; `staged(done, total)` is called as the copy proceeds. With an inbox on an object
+        store (`UDS3_INBOX_URL`) every file is uploaded there the same way."""
         doc = validation.uuid_id("document id", document_id) if document_id else str(uuid.uuid4())
-        inbox = self.settings.allowed_root
-        source, size = _describe(await asyncio.to_thread(stage, Path(path), inbox, doc, staged))
+        source, size = await asyncio.to_thread(self._stage, Path(path), doc, staged)
         event = Event(
             event_type=DOCUMENT_SUBMITTED,
             document_id=doc,
             saga_id=str(uuid.uuid4()),
             producer=SUBMITTER,
             payload={
-                "source_uri": source.as_uri(),
+                "source_uri": source,
                 "size_bytes": size,
                 "declared_sha256": declared_sha256,
                 "content_type": content_type,  # what the submitter declares, if anything: the uploader decides
@@ -120,6 +120,16 @@ class Client:
         now_ms = int(time.time() * 1000)
         await self.producer.send_and_wait(topics.SUBMISSIONS.name, codec.encode(event), key=doc.encode())
         return Submission(doc, event.saga_id, event.event_id, now_ms)
+
+    def _stage(self, path: Path, document_id: str, staged: Callable[[int, int], None] | None) -> tuple[str, int]:
+        """The source URI the services will read, and its size (0 when missing: the uploader
+        refuses it with a clear reason)."""
+        if self.settings.inbox_url and path.is_file():
+            from services.core.inbox import S3Inbox  # boto3 only for clients of an object-store inbox
+
+            return S3Inbox.of(self.settings).stage(path, document_id, staged), path.stat().st_size
+        source = stage(path, self.settings.allowed_root, document_id, staged)
+        return source.as_uri(), os.path.getsize(source) if os.path.exists(source) else 0
 
     async def republish(self, event: Event) -> None:
         """Publishes a recorded event again, with its original id: consumers that already
@@ -241,12 +251,6 @@ def stage(source: Path, inbox: Path, document_id: str, progress: Callable[[int, 
                 progress(done, total)
     os.replace(tmp, target)
     return target
-
-
-def _describe(path: str | Path) -> tuple[Path, int]:
-    """The absolute path and size (0 when missing: the uploader refuses it with a clear reason)."""
-    source = Path(path).absolute()
-    return source, os.path.getsize(source) if os.path.exists(source) else 0
 
 
 def payload_summary(event: Event) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -22,6 +23,10 @@ def _env(name: str, default: str) -> str:
 
 def _is_loopback(server: str) -> bool:
     return server.rsplit(":", 1)[0].strip("[]") in {"127.0.0.1", "localhost", "::1"}
+
+
+def is_loopback_url(url: str) -> bool:
+    return urlsplit(url).hostname in {"127.0.0.1", "localhost", "::1"}
 
 
 def kafka_nodes() -> int:
@@ -91,13 +96,21 @@ class Settings:
     chunk_store_dir: Path = field(
         default_factory=lambda: Path(_env("UDS3_CHUNK_STORE", str(_stack_dir() / "data" / "chunks")))
     )
-    # Only files under this root may be ingested (no `..` or symlink escapes).
-    # The ingest inbox: the services read documents only from under it (the client stages others in).
+    # The chunk store on an object store instead (`s3://bucket/prefix`): the multi-node option.
+    chunk_store_url: str = field(default_factory=lambda: _env("UDS3_CHUNK_STORE_URL", ""))
+    # Empty: AWS itself; the local stack's s3proxy is http://127.0.0.1:18333 (UDS3_S3_PORT).
+    s3_endpoint: str = field(default_factory=lambda: _env("UDS3_S3_ENDPOINT", ""))
+    s3_region: str = field(default_factory=lambda: _env("AWS_DEFAULT_REGION", "us-east-1"))
+    # The ingest inbox: the services read documents only from under it (the client stages others
+    # in); no `..` or symlink escapes.
     allowed_root: Path = field(default_factory=lambda: Path(_env("UDS3_ALLOWED_ROOT", str(_stack_dir() / "inbox"))))
+    # The inbox on an object store instead (`s3://bucket/prefix`): clients on other machines.
+    inbox_url: str = field(default_factory=lambda: _env("UDS3_INBOX_URL", ""))
     max_file_bytes: int = field(default_factory=lambda: int(_env("UDS3_MAX_FILE_BYTES", str(4 * 1024**3))))
     chunk_bytes: int = field(default_factory=lambda: int(_env("UDS3_CHUNK_BYTES", str(5 * 1024 * 1024))))
-    # One chunk in flight (while the next is read and hashed): a crash redoes at most one chunk (G4).
-    upload_parallelism: int = field(default_factory=lambda: int(_env("UDS3_UPLOAD_PARALLELISM", "1")))
+    # Chunk writes in flight while the next is read and hashed: a SIGKILL redoes at most these (G4);
+    # 1 redoes at most one chunk, at about two thirds of the speed (docs/benchmarks.md, upload).
+    upload_parallelism: int = field(default_factory=lambda: int(_env("UDS3_UPLOAD_PARALLELISM", "4")))
     text_chunk_chars: int = field(default_factory=lambda: int(_env("UDS3_TEXT_CHUNK_CHARS", "1000")))
     text_chunk_overlap: int = field(default_factory=lambda: int(_env("UDS3_TEXT_CHUNK_OVERLAP", "100")))
     embed_batch: int = field(default_factory=lambda: int(_env("UDS3_EMBED_BATCH", "32")))
@@ -115,6 +128,14 @@ class Settings:
     # A name for this replica, unique within its service (e.g. "0"): Kafka static group membership,
     # so a restarted replica takes its partitions back at once instead of after the session timeout.
     group_instance: str = field(default_factory=lambda: _env("UDS3_GROUP_INSTANCE", ""))
+
+    def s3_credentials(self) -> tuple[str | None, str | None]:
+        """AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (None: boto3's own chain, e.g. an instance
+        role); the local stack's s3proxy identity only for an endpoint on this machine."""
+        key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
+        if key is None and self.s3_endpoint and is_loopback_url(self.s3_endpoint):
+            return "uds3", _env("UDS3_S3_SECRET", "uds3-local-s3")
+        return key, secret
 
     def kafka(self, principal: str) -> dict[str, Any]:
         """aiokafka connection options as `principal` (a service name, "client" or "admin"):

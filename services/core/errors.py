@@ -24,4 +24,12 @@ class TransientError(StepError):
 UNREACHABLE = frozenset({
     "OperationalError", "InterfaceError", "ServiceUnavailable", "SessionExpired", "MilvusUnavailableException",
     "KafkaConnectionError",
+    # botocore: the object store restarting or out of reach
+    "EndpointConnectionError", "ConnectionClosedError", "ConnectTimeoutError", "ReadTimeoutError",
 })
+
+
+def unreachable(exc: BaseException) -> bool:
+    """A driver error of an UNREACHABLE kind, subclasses included (psycopg's AdminShutdown, a
+    database restarting under a live connection, is an OperationalError)."""
+    return any(cls.__name__ in UNREACHABLE for cls in type(exc).__mro__)

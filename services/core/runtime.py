@@ -37,7 +37,7 @@ from eventsourcing.persistence import Tracking
 
 from services.core import codec, logs, topics, validation
 from services.core.config import Settings
-from services.core.errors import UNREACHABLE, PermanentError, StepError, TransientError
+from services.core.errors import PermanentError, StepError, TransientError, unreachable
 from services.core.events import COMPENSATION_FAILED, DEAD_LETTER, DOCUMENT_COMPENSATED, DOCUMENT_COMPLETED, Event
 from services.core.faults import FaultInjector
 from services.core.pg import check_claim
@@ -55,7 +55,7 @@ def classify(exc: BaseException) -> StepError:
         # Optimistic concurrency on a StepLog (another attempt or replica wrote it first):
         # reload and decide again; if that attempt finished the input, the inbox says so.
         return TransientError(f"concurrent write to the event store: {exc}")
-    if isinstance(exc, ConnectionError | TimeoutError) or type(exc).__name__ in UNREACHABLE:
+    if isinstance(exc, ConnectionError | TimeoutError) or unreachable(exc):
         return TransientError(f"{type(exc).__name__}: {exc}")
     return PermanentError(f"{type(exc).__name__}: {exc}")
 

@@ -193,12 +193,11 @@ def saga_facts(state: Any) -> SagaFacts:
 def gather(settings: Settings | None = None, documents: Iterable[str] | None = None) -> Inventory:
     """Reads every store. With `documents`, only those documents (shared stores stay quick and
     other runs' documents out of it); without, everything every store holds."""
-    import json
 
     import psycopg
     from neo4j import GraphDatabase
 
-    from services.core.chunkstore import ChunkStore
+    from services.core.chunkstore import chunks_of
     from services.operator.state import SagaReader
     from services.vector.adapters import VectorIndex
 
@@ -206,12 +205,10 @@ def gather(settings: Settings | None = None, documents: Iterable[str] | None = N
     scope = sorted(set(documents)) if documents is not None else None
     inv = Inventory()
 
-    chunk_store = ChunkStore(s.chunk_store_dir)
+    chunk_store = chunks_of(s)
     for doc in scope if scope is not None else chunk_store.documents():
-        n = chunk_store.chunk_count(doc)
-        manifest = chunk_store.folder(doc) / "manifest.json"
-        sha = json.loads(manifest.read_text()).get("sha256") if manifest.exists() else None
-        if n or manifest.exists():
+        n, sha = chunk_store.chunk_count(doc), chunk_store.whole_sha256(doc)
+        if n or sha is not None:
             inv.chunks[doc] = Held(n, sha)
 
     index = VectorIndex.of(s).open()

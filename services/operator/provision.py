@@ -61,6 +61,15 @@ def provision(settings: Settings | None = None, prefix: str = topics.PREFIX) -> 
             conn.execute(sql.SQL("GRANT SELECT ON public.uds3_deployment TO {}").format(sql.Identifier(role)))
         for service in SERVICES:
             _migrate(conn, service, settings)
+    # The object store's buckets (folders need nothing).
+    if settings.chunk_store_url:
+        from services.core.s3chunks import S3Chunks
+
+        S3Chunks.of(settings).ensure_bucket()
+    if settings.inbox_url:
+        from services.core.inbox import S3Inbox
+
+        S3Inbox.of(settings).ensure_bucket()
 
 
 def create_database(settings: Settings, prefix: str = topics.PREFIX) -> None:

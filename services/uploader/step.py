@@ -7,10 +7,10 @@ import logging
 import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
+from typing import BinaryIO
 
 from services.core import messages
-from services.core.chunkstore import ChunkRef, Chunks, ChunkStore
+from services.core.chunkstore import ChunkRef, Chunks, chunks_of
 from services.core.config import Settings
 from services.core.events import (
     CHUNK_STORED,
@@ -20,9 +20,10 @@ from services.core.events import (
     UPLOAD_STARTED,
     Event,
 )
+from services.core.inbox import S3Inbox, inbox_of
 from services.core.step import Context, Step, Undone
 from services.core.steplog import StepLog
-from services.uploader.validation import Refused, validate
+from services.uploader.validation import Refused, ValidFile, validate
 
 PROGRESS_EVERY_S = 0.5
 
@@ -32,12 +33,12 @@ logger = logging.getLogger("uploader")
 class UploaderStep(Step):
     service = "uploader"
 
-    def __init__(self, chunks: Chunks) -> None:
-        self.chunks = chunks
+    def __init__(self, chunks: Chunks, inbox: S3Inbox | None = None) -> None:
+        self.chunks, self.inbox = chunks, inbox
 
     @classmethod
     def from_settings(cls, settings: Settings) -> UploaderStep:
-        return cls(ChunkStore(settings.chunk_store_dir))
+        return cls(chunks_of(settings), inbox_of(settings))
 
     def handle(self, event: Event, log: StepLog, ctx: Context) -> None:
         first = log.submission()
@@ -48,14 +49,14 @@ class UploaderStep(Step):
         if log.has_emitted(UPLOAD_COMPLETED):
             return
         source = messages.DocumentSubmitted.of(event).source_uri
-        valid = validate(source, ctx.settings.allowed_root, ctx.settings.max_file_bytes)
+        valid = validate(source, ctx.settings.allowed_root, ctx.settings.max_file_bytes, self.inbox)
         last = log.last_emitted(UPLOAD_STARTED)
         started = messages.UploadStarted.of(last) if last else None
         # A resumed upload keeps the chunking it started with (UDS3_CHUNK_BYTES may have changed since).
         chunk_size = started.chunk_size if started else ctx.settings.chunk_bytes
         if started and started.total_bytes != valid.size:
             raise Refused(
-                f"{valid.path}: changed while it was being uploaded ({started.total_bytes} bytes when "
+                f"{valid.location}: changed while it was being uploaded ({started.total_bytes} bytes when "
                 f"the upload started, {valid.size} now); submit it again once it is complete"
             )
         total_chunks = -(-valid.size // chunk_size)
@@ -70,10 +71,9 @@ class UploaderStep(Step):
                     total_bytes=valid.size,
                     total_chunks=total_chunks,
                 )
-            )
-            ctx.checkpoint(log)
+            )  # recorded with the first chunk's checkpoint: until then a crash loses nothing to redo
         stored = {c.index: c for c in map(messages.ChunkStored.of, log.emitted_of(CHUNK_STORED))}
-        refs, sha = self._upload(event, log, ctx, valid.path, valid.size, chunk_size, operation_id, stored)
+        refs, sha = self._upload(event, log, ctx, valid, chunk_size, operation_id, stored)
         manifest = self.chunks.write_manifest(event.document_id, refs, sha, valid.size)
         log.emit_event(
             event.follow(
@@ -93,72 +93,84 @@ class UploaderStep(Step):
         event: Event,
         log: StepLog,
         ctx: Context,
-        path: Path,
-        size: int,
+        valid: ValidFile,
         chunk_size: int,
         operation_id: str,
         stored: dict[int, messages.ChunkStored],
     ) -> tuple[list[ChunkRef], str]:
         """Reads the file once in order (whole-file hash) while missing chunks are written.
 
-        Reading and hashing chunk i+1 overlaps writing chunk i. At most `upload_parallelism`
-        writes are in flight (default 1), so memory stays flat and a crash redoes at most
-        those: every finished chunk is checkpointed as ChunkStored.
+        Reading and hashing the next chunks overlaps writing earlier ones. At most
+        `upload_parallelism` writes are in flight (default 4), so memory stays flat and a crash
+        redoes at most those: finished chunks are checkpointed as ChunkStored, in index order,
+        all that are done in one checkpoint (one transaction instead of one per chunk).
         """
-        whole = hashlib.sha256()
+        size, whole = valid.size, hashlib.sha256()
         refs = [ChunkRef(i, c.offset, c.length, c.sha256) for i, c in stored.items()]
         pending: list[tuple[int, int, int, Future[str]]] = []
         reporter = _Progress(event, log, size, self.service)
         done_bytes = sum(r.length for r in refs)
-        with open(path, "rb") as f, ThreadPoolExecutor(ctx.settings.upload_parallelism) as pool:
+        with valid.open() as f, ThreadPoolExecutor(ctx.settings.upload_parallelism) as pool:
             for index in range(-(-size // chunk_size)):
                 if ctx.stopping.is_set():
                     break  # stopping: record the chunks in flight below, then stop
                 offset = index * chunk_size
-                data = f.read(chunk_size)
+                data = _read_full(f, chunk_size)
                 whole.update(data)
                 if index in stored:
                     continue
                 while len(pending) >= ctx.settings.upload_parallelism:
-                    done_bytes += self._finish(pending.pop(0), event, log, ctx, operation_id, refs)
+                    done_bytes += self._finish(pending, event, log, ctx, operation_id, refs)
                     reporter.maybe_report(done_bytes)
                 pending.append((index, offset, len(data), pool.submit(self.chunks.put, event.document_id, index, data)))
             while pending:
-                done_bytes += self._finish(pending.pop(0), event, log, ctx, operation_id, refs)
+                done_bytes += self._finish(pending, event, log, ctx, operation_id, refs)
                 reporter.maybe_report(done_bytes)
         ctx.check_stop()  # a graceful stop leaves every written chunk recorded: the resume redoes none
         return refs, whole.hexdigest()
 
     def _finish(
         self,
-        item: tuple[int, int, int, Future[str]],
+        pending: list[tuple[int, int, int, Future[str]]],
         event: Event,
         log: StepLog,
         ctx: Context,
         operation_id: str,
         refs: list[ChunkRef],
     ) -> int:
-        index, offset, length, future = item
-        sha = future.result()
-        refs.append(ChunkRef(index, offset, length, sha))
-        log.emit_event(
-            event.follow(
-                CHUNK_STORED,
-                self.service,
-                seq=index,
-                operation_id=operation_id,
-                index=index,
-                offset=offset,
-                length=length,
-                sha256=sha,
+        """Waits for the oldest write, records it and every later one already done; returns their bytes."""
+        finished = [pending.pop(0)]
+        while pending and pending[0][3].done():
+            finished.append(pending.pop(0))
+        for index, offset, length, future in finished:
+            sha = future.result()
+            refs.append(ChunkRef(index, offset, length, sha))
+            log.emit_event(
+                event.follow(
+                    CHUNK_STORED,
+                    self.service,
+                    seq=index,
+                    operation_id=operation_id,
+                    index=index,
+                    offset=offset,
+                    length=length,
+                    sha256=sha,
+                )
             )
-        )
         ctx.checkpoint(log)
-        return length
+        return sum(length for _, _, length, _ in finished)
 
     def undo(self, log: StepLog, ctx: Context) -> Undone:
         removed = self.chunks.delete(log.document_id)
         return Undone(f"deleted {removed} stored chunks", removed)
+
+
+def _read_full(f: BinaryIO, n: int) -> bytes:
+    """n bytes, fewer only at the end: a network stream may return less per read than asked."""
+    data = f.read(n)
+    while 0 < len(data) < n and (more := f.read(n - len(data))):
+        data += more
+    return data
 
 
 class _Progress:

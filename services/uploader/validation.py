@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath, PurePosixPath
+from typing import TYPE_CHECKING, BinaryIO
 from urllib.parse import unquote, urlparse
 
 from services.core.errors import PermanentError
 from services.core.validation import PDF, TEXT
+
+if TYPE_CHECKING:
+    from services.core.inbox import S3Inbox
 
 
 class Refused(PermanentError):
@@ -18,9 +23,10 @@ class Refused(PermanentError):
 
 @dataclass(frozen=True)
 class ValidFile:
-    path: Path
+    location: str  # the real path, or the object's s3:// URI
     size: int
     content_type: str
+    open: Callable[[], BinaryIO]  # the bytes from the start, read once in order
 
 
 def path_of(source_uri: str) -> Path:
@@ -30,7 +36,13 @@ def path_of(source_uri: str) -> Path:
     return Path(unquote(parsed.path) if parsed.scheme else source_uri)
 
 
-def validate(source_uri: str, allowed_root: Path, max_bytes: int) -> ValidFile:
+def validate(source_uri: str, allowed_root: Path, max_bytes: int, inbox: S3Inbox | None = None) -> ValidFile:
+    """The source, checked: a file under `allowed_root`, or an object of the `inbox` on an
+    object store (the only place an s3:// source may name)."""
+    if urlparse(source_uri).scheme == "s3":
+        if inbox is None:
+            raise Refused(f"{source_uri}: this deployment's inbox is a folder, not an object store")
+        return validate_object(source_uri, inbox, max_bytes)
     raw = path_of(source_uri)
     if not raw.is_absolute():
         raise Refused(f"{raw}: give an absolute path")
@@ -55,10 +67,7 @@ def validate(source_uri: str, allowed_root: Path, max_bytes: int) -> ValidFile:
         raise Refused(f"{raw}: not a regular file (a device, pipe or socket)")
     if not os.access(real, os.R_OK):
         raise Refused(f"{raw}: not readable by the uploader (check its permissions)")
-    if st.st_size == 0:
-        raise Refused(f"{raw}: the file is empty")
-    if st.st_size > max_bytes:
-        raise Refused(f"{raw}: {st.st_size} bytes is over the limit of {max_bytes} (UDS3_MAX_FILE_BYTES)")
+    _check_size(raw, st.st_size, max_bytes)
     try:  # os.access can say yes where open says no (ACLs, network file systems, a chmod since)
         with open(real, "rb") as f:
             head = f.read(8192)
@@ -66,10 +75,31 @@ def validate(source_uri: str, allowed_root: Path, max_bytes: int) -> ValidFile:
         raise Refused(f"{raw}: not readable by the uploader (check its permissions)") from e
     except OSError as e:
         raise Refused(f"{raw}: cannot be read ({e.strerror})") from e
-    return ValidFile(real, st.st_size, sniff(head, raw))
+    return ValidFile(str(real), st.st_size, sniff(head, raw), lambda: open(real, "rb"))
 
 
-def sniff(head: bytes, path: Path) -> str:
+def validate_object(source_uri: str, inbox: S3Inbox, max_bytes: int) -> ValidFile:
+    try:
+        key = inbox.key_of(source_uri)
+        size = inbox.size(key)
+    except ValueError as e:
+        raise Refused(f"{source_uri}: {e}; stage it with the client") from e
+    except FileNotFoundError as e:
+        raise Refused(f"{source_uri}: no such object") from e
+    except PermissionError as e:
+        raise Refused(f"{source_uri}: not readable by the uploader (check the bucket policy)") from e
+    _check_size(source_uri, size, max_bytes)
+    return ValidFile(source_uri, size, sniff(inbox.head(key, 8192), PurePosixPath(key)), lambda: inbox.open(key))
+
+
+def _check_size(where: object, size: int, max_bytes: int) -> None:
+    if size == 0:
+        raise Refused(f"{where}: the file is empty")
+    if size > max_bytes:
+        raise Refused(f"{where}: {size} bytes is over the limit of {max_bytes} (UDS3_MAX_FILE_BYTES)")
+
+
+def sniff(head: bytes, path: PurePath) -> str:
     """The content type from the magic bytes, never from the file name; but a file named `.pdf`
     must be one (HTML or a script saved as `.pdf` is a mistake or an attack, not text to index)."""
     if head.startswith(b"%PDF-"):

@@ -16,7 +16,7 @@ from collections.abc import Generator, Iterator
 from typing import Any
 
 from services.core import logs, messages
-from services.core.chunkstore import Chunks, ChunkStore
+from services.core.chunkstore import Chunks, chunks_of
 from services.core.config import Settings
 from services.core.errors import PermanentError
 from services.core.events import UPLOAD_COMPLETED, VECTORS_INDEXED, VECTORS_PROGRESSED, Event
@@ -49,7 +49,7 @@ class VectorStep(Step):
     @classmethod
     def from_settings(cls, settings: Settings) -> VectorStep:
         embedder = load_embedder(settings.embedder, model_dir=settings.model_dir)  # type: ignore[arg-type]
-        return cls(ChunkStore(settings.chunk_store_dir), VectorIndex.of(settings), embedder)
+        return cls(chunks_of(settings), VectorIndex.of(settings), embedder)
 
     def start(self) -> None:
         self.vectors.open()

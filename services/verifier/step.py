@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 
 from services.core import messages
-from services.core.chunkstore import Chunks, ChunkStore
+from services.core.chunkstore import Chunks, chunks_of
 from services.core.config import Settings
 from services.core.errors import PermanentError
 from services.core.events import INTEGRITY_VERIFIED, Event
@@ -25,7 +25,7 @@ class VerifierStep(Step):
 
     @classmethod
     def from_settings(cls, settings: Settings) -> VerifierStep:
-        return cls(ChunkStore(settings.chunk_store_dir))
+        return cls(chunks_of(settings))
 
     def handle(self, event: Event, log: StepLog, ctx: Context) -> None:
         if log.has_emitted(INTEGRITY_VERIFIED):

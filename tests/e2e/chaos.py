@@ -193,6 +193,7 @@ class Fleet:
         self.started_at: dict[str, int] = {}  # service -> its log's size when it was last started
         self.consuming: set[str] = set()  # services that logged "started" since their last start
         self.added: list[str] = []  # replicas added mid-run (`--scale`)
+        self.unclean: list[str] = []  # replicas retired that did not exit cleanly, with their log tail
 
     def start(self, name: str) -> None:
         from services.processes import ServiceProcess
@@ -250,14 +251,28 @@ class Fleet:
 
     def retire(self, name: str) -> bool | None:
         """Stops a replica for good (SIGTERM): whether it exited cleanly within the timeout;
-        None when it was not running (the monkey had just killed it)."""
+        None when it had no partitions to hand back: not running (the monkey had just killed
+        it), or restarted and not yet in its group (a process still starting may die of it)."""
         self.names.remove(name)
         self.expected_dead.add(name)
         proc = self.procs[name]
-        if not proc.alive:
+        until = time.monotonic() + 20  # one just restarted by the monkey: let it join first
+        while proc.alive and not (joined := self._joined(name)) and time.monotonic() < until:
+            time.sleep(0.2)
+        if not proc.alive or not joined:
+            proc.stop(timeout=30)
             return None
         proc.stop(timeout=30)
-        return proc.proc is not None and proc.proc.returncode == 0
+        code = proc.proc.returncode if proc.proc is not None else None
+        if code != 0:
+            self.unclean.append(f"{name} exited {code} on SIGTERM: {proc.log_tail(12)}")
+        return code == 0
+
+    def _joined(self, name: str) -> bool:
+        """It logged joining its group since it was last started."""
+        with open(self.log(name), "rb") as f:
+            f.seek(self.started_at.get(name, 0))
+            return b" started group=" in f.read()
 
     def took_partitions(self, name: str) -> bool:
         """Its runtime logged a rebalance that gave it partitions (`assigned partitions=N`)."""
@@ -325,6 +340,7 @@ async def scale(fleet: Fleet, phase: float, results: Results) -> None:
         results.retired += clean is not None
         results.retired_cleanly += bool(clean)
     results.notes.append(f"added {', '.join(fleet.added)}; retired the first replica of each service")
+    results.notes += fleet.unclean
 
 
 async def supervisor(fleet: Fleet, stop: asyncio.Event, results: Results) -> None:
@@ -558,7 +574,7 @@ async def judge(docs: list[Doc], settings: Any, results: Results) -> None:
     import psycopg
 
     from services.core import codec, topics
-    from services.core.chunkstore import ChunkStore
+    from services.core.chunkstore import chunks_of
     from services.core.errors import TransientError
     from services.core.events import DOCUMENT_SUBMITTED
     from services.operator.consistency import gather
@@ -603,7 +619,7 @@ async def judge(docs: list[Doc], settings: Any, results: Results) -> None:
     from services.operator.consistency import check
     from services.vector.adapters import VectorIndex
 
-    scope = {d.document_id for d in docs} | set(ChunkStore(settings.chunk_store_dir).documents())
+    scope = {d.document_id for d in docs} | set(chunks_of(settings).documents())
     report = None
     for attempt in range(30):  # a store may be restarting
         try:
@@ -626,7 +642,7 @@ async def judge(docs: list[Doc], settings: Any, results: Results) -> None:
         results.violations += [f"audit trail: {p}" for p in verify_audit(conn)]
 
 
-def configure(folder: Path, prefix: str) -> dict[str, str]:
+def configure(folder: Path, prefix: str, chunk_store: str = "folder") -> dict[str, str]:
     """This run's environment, for the services and for this process (before services.* is imported)."""
     from services.core.config import isolated_env  # imports no topics: safe before configure() ends
 
@@ -637,6 +653,10 @@ def configure(folder: Path, prefix: str) -> dict[str, str]:
         "UDS3_CHUNK_BYTES": str(128 * 1024),  # many upload chunks (checkpoints) per document
         "UDS3_EMBED_BATCH": "8",  # many embedding checkpoints per document
     }
+    if chunk_store == "s3":  # the stack's s3proxy: inbox and chunks as on a multi-node deployment
+        env["UDS3_CHUNK_STORE_URL"] = f"s3://uds3-chaos/{prefix}"
+        env["UDS3_INBOX_URL"] = f"s3://uds3-chaos/{prefix}-inbox"
+        env["UDS3_S3_ENDPOINT"] = f"http://127.0.0.1:{os.environ.get('UDS3_S3_PORT', '18333')}"
     os.environ.update(env)
     return env
 
@@ -664,6 +684,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="SIGKILL the Kafka node leading most partitions this often (UDS3_KAFKA_NODES=3)")
     parser.add_argument("--rolling-restart", action="store_true",
                         help="restart the three Kafka nodes one after another mid-run (UDS3_KAFKA_NODES=3)")
+    parser.add_argument("--chunk-store", choices=("folder", "s3"), default="folder",
+                        help="the inbox and chunk store: folders of the run, or the stack's s3proxy")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--keep", action="store_true", help="keep the run folder (logs, chunks) even on success")
     parser.add_argument("--json", dest="json_out", type=Path, default=None, help="also write the figures here")
@@ -671,12 +693,12 @@ def main(argv: list[str] | None = None) -> int:
     args.seed = args.seed if args.seed is not None else random.randrange(10**6)
 
     status = subprocess.run(["bash", "infra/stack.sh", "status"], cwd=REPO_ROOT, capture_output=True, text=True)
-    if status.stdout.count("running") < 4:
+    if status.stdout.count("running") < 5:
         print("the native stack is not running: `make up` first\n" + status.stdout, file=sys.stderr)
         return 2
     folder = Path(tempfile.mkdtemp(prefix="uds3-chaos-"))
     prefix = f"chaos{uuid.uuid4().hex[:8]}"
-    env = configure(folder, prefix)
+    env = configure(folder, prefix, args.chunk_store)
     print(f"[chaos] seed {args.seed}, topic prefix {prefix}, folder {folder}", flush=True)
     results = asyncio.run(run(args, env, folder))
 
@@ -704,6 +726,14 @@ def main(argv: list[str] | None = None) -> int:
         from services.operator.provision import drop_database, drop_shared_stores
 
         shutil.rmtree(folder, ignore_errors=True)
+        if Settings().chunk_store_url:
+            from services.core.chunkstore import chunks_of
+            from services.core.inbox import S3Inbox
+
+            store = chunks_of(Settings())
+            for doc in store.documents():
+                store.delete(doc)
+            S3Inbox.of(Settings()).empty()
         drop_database(Settings())
         drop_shared_stores(Settings())
         asyncio.run(topics.delete_topics(Settings()))

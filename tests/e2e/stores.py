@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import psycopg
 from neo4j import GraphDatabase
 
-from services.core.chunkstore import ChunkStore
+from services.core.chunkstore import ChunkStore, chunks_of
 from services.core.config import Settings
 from services.vector.adapters import VectorIndex
 
@@ -48,7 +48,7 @@ def footprint(document_id: str, settings: Settings | None = None) -> Footprint:
             "SELECT count(*) FROM security.identities WHERE document_id = %s", (document_id,)
         ).fetchone()
     return Footprint(
-        ChunkStore(s.chunk_store_dir).chunk_count(document_id),
+        chunks_of(s).chunk_count(document_id),
         vectors,
         nodes,
         rows[0] if rows else 0,

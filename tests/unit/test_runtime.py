@@ -309,3 +309,14 @@ def test_each_injected_fault_fires_in_its_own_phase_only() -> None:
             faults.maybe_fail(phase, doc, "")
     for phase, doc in (("forward", "a"), ("undo", "a"), ("mid", "b"), ("forward", "b"), ("mid", "c"), ("undo", "c")):
         faults.maybe_fail(phase, doc, "")  # not this fault's phase: nothing happens
+
+
+def test_a_database_shutting_down_under_a_connection_is_retried() -> None:
+    """psycopg raises AdminShutdown (a subclass of OperationalError) when PostgreSQL restarts
+    mid-transaction: a service starting at that moment waits for it instead of exiting."""
+    from psycopg.errors import AdminShutdown, UniqueViolation
+
+    from services.core.runtime import classify
+
+    assert classify(AdminShutdown("terminating connection due to administrator command")).retriable
+    assert not classify(UniqueViolation("duplicate key")).retriable
