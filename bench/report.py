@@ -72,6 +72,13 @@ FIGURES: dict[str, tuple[str, str]] = {
         "mean cosine >= 0.995, min >= 0.98; int8 recall@5 within 1 point of fp32; the same vectors on both "
         "kinds of CPU; the default is the fastest recipe that meets them.**",
     ),
+    "scans": (
+        "8. Text extraction on scanned pages",
+        "Peak RSS of text extraction through the chunk store's reader for mixed PDFs of about 30 MiB, 300 MiB "
+        "and 1 GiB whose scans are a quarter of the pages, with the reader's byte budget and, for comparison, "
+        "reopening by page count only (what it did before). **Goal: peak RSS growth from the smallest to the "
+        "largest file <= 16 MB (G7).**",
+    ),
 }
 
 

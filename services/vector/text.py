@@ -1,8 +1,9 @@
 """Streaming text extraction and chunking with flat memory.
 
 * ``iter_pdf_pages`` walks a PDF page by page with pypdfium2, closing and reopening the document
-  every ``reopen_every`` pages (PDFium's per-document caches otherwise grow with every page
-  visited; with reopening, RSS stays flat at ~50 MB on 1000+ page files).
+  every ``reopen_every`` pages or once ``reopen_bytes`` have been read through it: PDFium keeps
+  what it parsed (page objects, image streams) until the document is closed, so its memory grows
+  with the pages visited and, on scans, with their bytes.
 * ``iter_text_blocks`` reads plain UTF-8 text in blocks of ~``block_chars`` characters.
 * ``chunk_pages`` turns any stream of pages into overlapping ~1000-character chunks.
 
@@ -13,11 +14,12 @@ pypdfium2 is not thread-safe: call these from one thread at a time.
 from __future__ import annotations
 
 import codecs
+import io
 import os
 import re
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import pypdfium2 as pdfium
 import pypdfium2.raw as pdfium_c
@@ -57,18 +59,45 @@ class CorruptPdf(UnreadableDocument):
 # --------------------------------------------------------------------------- PDF
 
 
+class _Counted(io.RawIOBase):
+    """A stream that counts the bytes read through it (what PDFium may be holding on to)."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self.stream, self.bytes_read = stream, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self.stream.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.stream.tell()
+
+    def readinto(self, buffer: Any) -> int:
+        n = self.stream.readinto(buffer)  # type: ignore[attr-defined]
+        self.bytes_read += n or 0
+        return int(n or 0)
+
+    def close(self) -> None:
+        self.stream.close()
+        super().close()
+
+
 class _OpenPdf:
-    """One open PdfDocument plus the stream it reads from (if the opener gave us one)."""
+    """One open PdfDocument plus the stream it reads from (a path is opened as one, so every
+    byte PDFium reads is counted)."""
 
     def __init__(self, opener: Opener) -> None:
         source = opener()
-        self._stream: BinaryIO | None = None
         if isinstance(source, str | os.PathLike):
-            source = os.fspath(source)
-        else:
-            self._stream = source
+            source = open(source, "rb", buffering=0)  # noqa: SIM115 (closed with the document)
+        self._stream: _Counted | None = _Counted(source)
         try:
-            self.doc = pdfium.PdfDocument(source)
+            self.doc = pdfium.PdfDocument(self._stream)
         except pdfium.PdfiumError as exc:
             self._close_stream()
             code = getattr(exc, "err_code", None)
@@ -83,6 +112,10 @@ class _OpenPdf:
 
     def __len__(self) -> int:
         return len(self.doc)
+
+    @property
+    def bytes_read(self) -> int:
+        return self._stream.bytes_read if self._stream is not None else 0
 
     def page_text(self, index: int) -> str:
         try:
@@ -117,8 +150,14 @@ def page_count(opener: Opener) -> int:
         pdf.close()
 
 
-def iter_pdf_pages(opener: Opener, reopen_every: int = 1000) -> Generator[Page, None, None]:
-    """Yield every page of the PDF in order, reopening the document every ``reopen_every`` pages.
+REOPEN_BYTES = 32 * 1024 * 1024
+
+
+def iter_pdf_pages(
+    opener: Opener, reopen_every: int = 1000, reopen_bytes: int = REOPEN_BYTES
+) -> Generator[Page, None, None]:
+    """Yield every page of the PDF in order, reopening the document every ``reopen_every`` pages
+    and whenever ``reopen_bytes`` have been read since it was opened (scanned pages: their images).
 
     ``opener`` is called once per (re)open and must return the same document each time: a path
     or a fresh readable+seekable binary stream (which is closed here). A page without a text
@@ -127,11 +166,12 @@ def iter_pdf_pages(opener: Opener, reopen_every: int = 1000) -> Generator[Page, 
     """
     if reopen_every < 1:
         raise ValueError("reopen_every must be >= 1")
-    pdf = _OpenPdf(opener)
+    pdf, opened_at = _OpenPdf(opener), 0
     try:
         total = len(pdf)
         for index in range(total):
-            if index and index % reopen_every == 0:
+            if index and (index - opened_at >= reopen_every or pdf.bytes_read >= reopen_bytes):
+                opened_at = index
                 pdf.close()
                 pdf = _OpenPdf(opener)
                 if len(pdf) != total:

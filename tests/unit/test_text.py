@@ -100,6 +100,18 @@ def test_pdf_stream_opener_reopens_and_closes(multi_pdf: Path) -> None:
     assert from_stream == list(iter_pdf_pages(lambda: multi_pdf))
 
 
+def test_pdf_is_reopened_once_its_byte_budget_is_read(multi_pdf: Path) -> None:
+    """A budget smaller than one page reopens the document for every page; the pages are the same."""
+    opened: list[int] = []
+
+    def opener() -> Path:
+        opened.append(1)
+        return multi_pdf
+
+    assert list(iter_pdf_pages(opener, reopen_bytes=1)) == list(iter_pdf_pages(lambda: multi_pdf))
+    assert len(opened) == PAGES
+
+
 def test_pdf_opener_stream_closed_on_early_stop(multi_pdf: Path) -> None:
     stream = open(multi_pdf, "rb")  # noqa: SIM115 - ownership goes to iter_pdf_pages
     pages = iter_pdf_pages(lambda: stream)
