@@ -10,7 +10,7 @@ import importlib
 import signal
 import sys
 
-from services.core import logs
+from services.core import logs, tracing
 from services.core.config import Settings
 from services.core.runtime import Runtime
 from services.core.saga import BY_SERVICE
@@ -52,5 +52,6 @@ def main(service: str) -> None:
     # seconds) is a clean exit: nothing has been consumed yet. The runtime then takes SIGTERM over.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     logs.configure(service)
+    tracing.setup(service)
     settings = Settings()
     asyncio.run(Runtime(build_step(service, settings), settings).run())

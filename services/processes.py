@@ -16,6 +16,18 @@ from pathlib import Path
 from services.core.config import REPO_ROOT
 from services.core.saga import SERVICES
 
+# `uds3 services up` gives each replica a /metrics port from here (0: none): see metrics_port().
+DEFAULT_METRICS_BASE_PORT = 19400
+
+
+def metrics_port(service: str, replica: int, base: int) -> int:
+    """Replica r of the i-th service (saga order) listens on base + i + 6r."""
+    return base + SERVICES.index(service) + len(SERVICES) * replica if base else 0
+
+
+def metrics_base(env: dict[str, str]) -> int:
+    return int(env.get("UDS3_METRICS_BASE_PORT", DEFAULT_METRICS_BASE_PORT))
+
 
 def run_dir() -> Path:
     """Where service logs and pid files go (UDS3_SERVICES_DIR, default .stack/services)."""
@@ -36,6 +48,8 @@ class ServiceProcess:
         self.env = {**os.environ, **(env or {})}
         if self.env.get("UDS3_GROUP_INSTANCE"):  # static membership: one instance id per replica
             self.env["UDS3_GROUP_INSTANCE"] = f"{self.env['UDS3_GROUP_INSTANCE']}-{replica}"
+        self.metrics_port = metrics_port(service, replica, metrics_base(self.env))
+        self.env["UDS3_METRICS_PORT"] = str(self.metrics_port)
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = run_dir() / f"{service}-{replica}.log"
         self.pid_path = run_dir() / f"{service}-{replica}.pid"

@@ -30,6 +30,10 @@ RUN_ENV = {
     **isolated_env(RUN_ID, RUN_DIR),
     "UDS3_SERVICES_DIR": str(RUN_DIR / "services"),
     "UDS3_RETRY_BASE_S": "0.1",
+    # The session's services serve /metrics from here (tests/e2e/test_metrics.py); chaos and
+    # bench runs have none (isolated_env), so they never meet these ports.
+    "UDS3_METRICS_BASE_PORT": os.environ.get("UDS3_TEST_METRICS_BASE_PORT", "19600"),
+    "UDS3_TRACE_DIR": str(RUN_DIR / "traces"),  # the session's services' spans (tests/e2e/test_tracing.py)
     # Fault injection by title (tests/e2e/test_failures.py): no other test's titles match.
     "UDS3_FAULTS": (
         "uploader:permanent@fail-upload,verifier:permanent@fail-integrity,security:permanent@fail-security,"

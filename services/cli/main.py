@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 from collections.abc import Awaitable, Callable
 from functools import wraps
 from pathlib import Path
@@ -406,10 +407,14 @@ def services_down() -> None:
 @services_app.command("status")
 @friendly
 def services_status() -> None:
-    from services.processes import running_detached
+    from services.processes import metrics_base, metrics_port, running_detached
 
+    settings, base = Settings(), metrics_base(dict(os.environ))
     for name, pid in sorted(running_detached().items()):
-        out.print(f"{name:<14} running pid {pid}")
+        service, _, replica = name.rpartition("-")
+        port = metrics_port(service, int(replica), base) if replica.isdigit() else 0
+        endpoint = f"  metrics http://{settings.metrics_addr}:{port}/metrics" if port else ""
+        out.print(f"{name:<14} running pid {pid}{endpoint}")
 
 
 def _known_state(document_id: str) -> Any:

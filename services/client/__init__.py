@@ -21,7 +21,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from services.core import codec, topics, validation
+from services.core import codec, topics, tracing, validation
 from services.core.config import Settings
 from services.core.events import DOCUMENT_SUBMITTED, TERMINAL_EVENTS, Event
 from services.core.saga import SUBMITTER
@@ -118,7 +118,10 @@ class Client:
         await self.start()
         assert self.producer is not None
         now_ms = int(time.time() * 1000)
-        await self.producer.send_and_wait(topics.SUBMISSIONS.name, codec.encode(event), key=doc.encode())
+        # The saga's trace starts here (a child of the caller's span, if any): services/core/tracing.py.
+        with tracing.span("submit", document_id=doc, saga_id=event.saga_id, event_id=event.event_id):
+            await self.producer.send_and_wait(topics.SUBMISSIONS.name, codec.encode(event), key=doc.encode(),
+                                              headers=tracing.headers(tracing.current_traceparent()))
         return Submission(doc, event.saga_id, event.event_id, now_ms)
 
     def _stage(self, path: Path, document_id: str, staged: Callable[[int, int], None] | None) -> tuple[str, int]:

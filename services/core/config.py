@@ -56,6 +56,8 @@ def isolated_env(prefix: str, folder: Path) -> dict[str, str]:
         "UDS3_PG_DATABASE": f"uds3_{prefix}",
         "UDS3_CHUNK_STORE": str(folder / "chunks"),
         "UDS3_ALLOWED_ROOT": str(folder),
+        "UDS3_METRICS_BASE_PORT": "0",  # no endpoints unless the run asks (they would meet other runs')
+        "UDS3_TRACE_DIR": "",  # no span files unless the run asks
     }
 
 
@@ -128,6 +130,9 @@ class Settings:
     # A name for this replica, unique within its service (e.g. "0"): Kafka static group membership,
     # so a restarted replica takes its partitions back at once instead of after the session timeout.
     group_instance: str = field(default_factory=lambda: _env("UDS3_GROUP_INSTANCE", ""))
+    # This process's Prometheus endpoint (0: none); `uds3 services up` sets one per replica.
+    metrics_port: int = field(default_factory=lambda: int(_env("UDS3_METRICS_PORT", "0")))
+    metrics_addr: str = field(default_factory=lambda: _env("UDS3_METRICS_ADDR", "127.0.0.1"))
 
     def s3_credentials(self) -> tuple[str | None, str | None]:
         """AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (None: boto3's own chain, e.g. an instance

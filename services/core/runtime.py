@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
@@ -35,10 +36,17 @@ from aiokafka.structs import ConsumerRecord
 from eventsourcing.persistence import IntegrityError as EventStoreConflict
 from eventsourcing.persistence import Tracking
 
-from services.core import codec, logs, topics, validation
+from services.core import codec, logs, metrics, topics, tracing, validation
 from services.core.config import Settings
 from services.core.errors import PermanentError, StepError, TransientError, unreachable
-from services.core.events import COMPENSATION_FAILED, DEAD_LETTER, DOCUMENT_COMPENSATED, DOCUMENT_COMPLETED, Event
+from services.core.events import (
+    COMPENSATION_FAILED,
+    DEAD_LETTER,
+    DOCUMENT_COMPENSATED,
+    DOCUMENT_COMPLETED,
+    TERMINAL_EVENTS,
+    Event,
+)
 from services.core.faults import FaultInjector
 from services.core.pg import check_claim
 from services.core.saga import STEPS, compensated, completion, failed
@@ -113,8 +121,10 @@ class Relay:
                         continue
                     event = event_of(message)
                     data = codec.encode(event)
+                    headers = tracing.headers(message.get("traceparent"))
                     for topic in topics.topics_for(event.event_type, event.producer):
-                        sends.append(await self.producer.send(topic.name, data, key=event.document_id.encode()))
+                        sends.append(await self.producer.send(topic.name, data, key=event.document_id.encode(),
+                                                              headers=headers))
                 await asyncio.gather(*sends)
                 await asyncio.to_thread(self.store.mark_published, batch[-1][0])
                 published += len(sends)
@@ -143,6 +153,7 @@ class Runtime:
         self.positions: dict[TopicPartition, int | None] = {}
         self.group = f"{topics.PREFIX}-{step.service}"  # one consumer group per service
         self._flush_queued = threading.Event()
+        self._open: set[str] = set()  # documents this step worked on whose saga has not ended (metrics)
         self.store: StepStore
         if store is not None:
             self.store = store
@@ -161,6 +172,7 @@ class Runtime:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
                 self.loop.add_signal_handler(sig, request_stop)
+        metrics.serve(self.settings.metrics_port, self.settings.metrics_addr, self.log)
         # Refuse a database that serves another topic prefix: its relays would take our events.
         # A database that is restarting is waited for, not a reason to exit.
         while True:
@@ -217,6 +229,10 @@ class Runtime:
                         done = message.offset + 1
                     await self.relay.flush()
                     if done is not None:
+                        # A rebalance may have taken the partition away meanwhile (highwater() asserts).
+                        end = consumer.highwater(tp) if tp in consumer.assignment() else None
+                        if end is not None:
+                            metrics.LAG.labels(tp.topic, str(tp.partition)).set(max(end - done, 0))
                         # Once per batch: the tracked positions, not these offsets, decide what is redone.
                         try:
                             await consumer.commit({tp: done})
@@ -261,6 +277,19 @@ class Runtime:
             await self.dead_letter(message, f"invalid {event.event_type}: {e}", producer)
             return True
         tracking = Tracking(kafka_position(tp.topic, tp.partition), message.offset + 1)
+        started = time.monotonic()
+        with self._span(event, tracing.context_of(message.headers)):
+            return await self._handle(tp, message, event, tracking, started, producer)
+
+    def _span(self, event: Event, parent: Any) -> contextlib.AbstractContextManager[Any]:
+        """The trace span of an input this step acts on (forward or undo); none for the rest."""
+        if event.event_type not in self.step.reacts_to | self.step.undone_by:
+            return contextlib.nullcontext()
+        return tracing.span(f"{self.step.service} {event.event_type}", parent, document_id=event.document_id,
+                            saga_id=event.saga_id, event_id=event.event_id, service=self.step.service)
+
+    async def _handle(self, tp: TopicPartition, message: ConsumerRecord, event: Event, tracking: Tracking,
+                      started: float, producer: AIOKafkaProducer) -> bool:
         while True:
             try:
                 outcome = await asyncio.to_thread(self._process_once, tp, message.offset, event, tracking)
@@ -277,9 +306,13 @@ class Runtime:
                     return True
                 # The event store (or another store) is restarting: wait for it, never skip the input.
                 logs.warn(self.log, "store unavailable, waiting", doc=event.document_id, error=str(err))
+                metrics.RETRIES.inc()
                 if self.ctx.stopping.is_set():
                     return False
                 await asyncio.sleep(1)
+        metrics.EVENTS.labels(event.event_type, outcome.action).inc()
+        if outcome.action in ("handled", "parked", "refused", "repaired"):
+            metrics.HANDLE_SECONDS.labels(event.event_type).observe(time.monotonic() - started)
         if outcome.action not in ("ignored", "seen", "observed"):
             logs.info(
                 self.log,
@@ -331,7 +364,7 @@ class Runtime:
             before = len(log.emitted)
             refusal = _refusal(event, log, repair) if forward or undo else None
             if keep and not refusal and not log.knows(event.event_id):
-                log.receive(message_of(event))
+                log.receive(tracing.traced(message_of(event)))
             # The forward work runs once the step has every input it needs: for this trigger, or
             # for a trigger that arrived first and waited for this input (parked in the log).
             ready = [] if refusal or repair or undo or log.ended() or not step.needs <= log.received_types() \
@@ -347,7 +380,12 @@ class Runtime:
                 elif undo:
                     self._compensate(event, log)
                 for current in ready:
-                    self._forward(current, log)
+                    if current.event_id == event.event_id:
+                        self._forward(current, log)
+                    else:  # a parked trigger: its work goes on in its own trace
+                        parent = tracing.context_of(traceparent=log.traceparent_of(current.event_id))
+                        with self._span(current, parent):
+                            self._forward(current, log)
                     log.mark_processed(current.event_id)
             except Interrupted:
                 raise
@@ -357,6 +395,7 @@ class Runtime:
                     raise ObserveFailed(str(err)) from raw
                 if err.retriable and time.monotonic() < deadline:
                     attempt += 1
+                    metrics.RETRIES.inc()
                     delay = min(self.settings.retry_base_s * 2**attempt, 5.0) * (0.5 + random.random())
                     logs.warn(
                         self.log,
@@ -384,9 +423,24 @@ class Runtime:
             if not parked and not log.handled(event.event_id):
                 log.mark_processed(event.event_id)  # observe-only inputs are idempotent by themselves
             recorded = self.store.record(log, tracking)
+            if recorded:
+                self._count(event, log.emitted[before:], forward=bool(ready), undo=undo)
             done = "refused" if refusal else "repaired" if repair else "parked" if parked else "handled"
             action = done if recorded else "redelivered"
             return Outcome(action, len(log.emitted) - before)
+
+    def _count(self, event: Event, emitted: list[dict[str, Any]], *, forward: bool, undo: bool) -> None:
+        """Metrics of an input that was recorded: compensations, and the sagas this step has open."""
+        types = {m["event_type"] for m in emitted}
+        if undo and compensated(self.step.step) in types:
+            metrics.COMPENSATIONS.labels("done").inc()
+        if undo and COMPENSATION_FAILED in types:
+            metrics.COMPENSATIONS.labels("failed").inc()
+        if forward:
+            self._open.add(event.document_id)
+        if event.event_type in TERMINAL_EVENTS or types & TERMINAL_EVENTS:
+            self._open.discard(event.document_id)
+        metrics.IN_FLIGHT.set(len(self._open))
 
     def _repair(self, event: Event, log: StepLog) -> None:
         """The step's forward work again for a completed document whose data a store lost: on a
@@ -494,6 +548,7 @@ class Runtime:
             },
         )
         await producer.send_and_wait(topics.DEAD_LETTERS.name, codec.encode(letter), key=key.encode())
+        metrics.DEAD_LETTERS.inc()
         logs.warn(
             self.log,
             "dead-lettered",
@@ -513,6 +568,8 @@ class _ForgetPositions(ConsumerRebalanceListener):
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         for tp in revoked:
             self.positions.pop(tp, None)
+            with contextlib.suppress(KeyError):  # its lag is another replica's to report now
+                metrics.LAG.remove(tp.topic, str(tp.partition))
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         for tp in assigned:

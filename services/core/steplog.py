@@ -15,6 +15,7 @@ from typing import Any
 
 from eventsourcing.domain import Aggregate, event
 
+from services.core import tracing
 from services.core.events import DOCUMENT_COMPENSATED, DOCUMENT_COMPLETED, NAMESPACE, Event
 
 # The ends after which nothing acts on a document (CompensationFailed is not one: an operator
@@ -98,7 +99,11 @@ class StepLog(Aggregate):
 
     # --- queries (pure) --------------------------------------------------------------------
     def emit_event(self, e: Event) -> None:
-        self.emit(message_of(e))
+        self.emit(tracing.traced(message_of(e)))
+
+    def traceparent_of(self, event_id: str) -> str | None:
+        """The trace context a received input was recorded with (to carry a parked trigger's trace on)."""
+        return next((m.get("traceparent") for m in self.received if m["event_id"] == event_id), None)
 
     def has_emitted(self, event_type: str) -> bool:
         return any(m["event_type"] == event_type for m in self.emitted)

@@ -7,9 +7,10 @@ import logging
 import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import BinaryIO
+from dataclasses import dataclass
+from typing import Any, BinaryIO
 
-from services.core import messages
+from services.core import messages, metrics, tracing
 from services.core.chunkstore import ChunkRef, Chunks, chunks_of
 from services.core.config import Settings
 from services.core.events import (
@@ -107,7 +108,7 @@ class UploaderStep(Step):
         """
         size, whole = valid.size, hashlib.sha256()
         refs = [ChunkRef(i, c.offset, c.length, c.sha256) for i, c in stored.items()]
-        pending: list[tuple[int, int, int, Future[str]]] = []
+        pending: list[_Write] = []
         reporter = _Progress(event, log, size, self.service)
         done_bytes = sum(r.length for r in refs)
         with valid.open() as f, ThreadPoolExecutor(ctx.settings.upload_parallelism) as pool:
@@ -122,7 +123,9 @@ class UploaderStep(Step):
                 while len(pending) >= ctx.settings.upload_parallelism:
                     done_bytes += self._finish(pending, event, log, ctx, operation_id, refs)
                     reporter.maybe_report(done_bytes)
-                pending.append((index, offset, len(data), pool.submit(self.chunks.put, event.document_id, index, data)))
+                span = tracing.tracer.start_span("store chunk", attributes={"index": index, "bytes": len(data)})
+                pending.append(_Write(index, offset, len(data), pool.submit(self.chunks.put, event.document_id, index,
+                                                                            data), span))
             while pending:
                 done_bytes += self._finish(pending, event, log, ctx, operation_id, refs)
                 reporter.maybe_report(done_bytes)
@@ -131,7 +134,7 @@ class UploaderStep(Step):
 
     def _finish(
         self,
-        pending: list[tuple[int, int, int, Future[str]]],
+        pending: list[_Write],
         event: Event,
         log: StepLog,
         ctx: Context,
@@ -140,29 +143,43 @@ class UploaderStep(Step):
     ) -> int:
         """Waits for the oldest write, records it and every later one already done; returns their bytes."""
         finished = [pending.pop(0)]
-        while pending and pending[0][3].done():
+        while pending and pending[0].future.done():
             finished.append(pending.pop(0))
-        for index, offset, length, future in finished:
-            sha = future.result()
-            refs.append(ChunkRef(index, offset, length, sha))
+        for w in finished:
+            sha = w.future.result()
+            w.span.end()
+            refs.append(ChunkRef(w.index, w.offset, w.length, sha))
             log.emit_event(
                 event.follow(
                     CHUNK_STORED,
                     self.service,
-                    seq=index,
+                    seq=w.index,
                     operation_id=operation_id,
-                    index=index,
-                    offset=offset,
-                    length=length,
+                    index=w.index,
+                    offset=w.offset,
+                    length=w.length,
                     sha256=sha,
                 )
             )
         ctx.checkpoint(log)
-        return sum(length for _, _, length, _ in finished)
+        stored = sum(w.length for w in finished)
+        metrics.UPLOAD_BYTES.inc(stored)
+        return stored
 
     def undo(self, log: StepLog, ctx: Context) -> Undone:
         removed = self.chunks.delete(log.document_id)
         return Undone(f"deleted {removed} stored chunks", removed)
+
+
+@dataclass(frozen=True)
+class _Write:
+    """A chunk write in flight, and its trace span (a child of the step's)."""
+
+    index: int
+    offset: int
+    length: int
+    future: Future[str]
+    span: Any
 
 
 def _read_full(f: BinaryIO, n: int) -> bytes:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Generator, Iterator
 from typing import Any
 
-from services.core import logs, messages
+from services.core import logs, messages, metrics, tracing
 from services.core.chunkstore import Chunks, chunks_of
 from services.core.config import Settings
 from services.core.errors import PermanentError
@@ -81,8 +81,10 @@ class VectorStep(Step):
                 batch = [c for c in batch if c.index >= done]
                 # One line per batch, before the work: after a crash, the log shows what was redone.
                 logs.info(logger, "embedding", doc=event.document_id, first=batch[0].index, last=batch[-1].index)
-                vectors = self.embedder.embed([c.text for c in batch])
-                self.vectors.upsert([_row(event.document_id, c, v) for c, v in zip(batch, vectors, strict=True)])
+                with tracing.span("embed batch", first=batch[0].index, last=batch[-1].index):
+                    vectors = self.embedder.embed([c.text for c in batch])
+                    self.vectors.upsert([_row(event.document_id, c, v) for c, v in zip(batch, vectors, strict=True)])
+                metrics.EMBEDDED_CHUNKS.inc(len(batch))
                 done = batch[-1].index + 1
                 batch_no += 1
                 elapsed = max(time.monotonic() - started, 1e-6)
