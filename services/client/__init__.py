@@ -229,8 +229,10 @@ async def _seek_to_time(consumer: AIOKafkaConsumer, parts: list[TopicPartition],
     if since_ms is None:
         await consumer.seek_to_beginning(*parts)
         return
-    found = await consumer.offsets_for_times({tp: max(since_ms - 5_000, 0) for tp in parts})
+    # The ends first: a partition with no record since `since_ms` is read from where it ended
+    # before the search, so a record written while the search ran is not skipped.
     ends = await consumer.end_offsets(parts)
+    found = await consumer.offsets_for_times({tp: max(since_ms - 5_000, 0) for tp in parts})
     for tp in parts:
         hit = found.get(tp)
         consumer.seek(tp, hit.offset if hit is not None else ends[tp])
