@@ -117,6 +117,8 @@ class Settings:
     text_chunk_overlap: int = field(default_factory=lambda: int(_env("UDS3_TEXT_CHUNK_OVERLAP", "100")))
     embed_batch: int = field(default_factory=lambda: int(_env("UDS3_EMBED_BATCH", "32")))
     embedder: str = field(default_factory=lambda: _env("UDS3_EMBEDDER", "int8"))
+    # A PDF of more pages is fanned out: page ranges of this size that any vector process embeds.
+    vector_item_pages: int = field(default_factory=lambda: int(_env("UDS3_VECTOR_ITEM_PAGES", "32")))
     model_dir: Path = field(
         default_factory=lambda: Path(_env("UDS3_MODEL_DIR", str(_stack_dir() / "models" / "all-MiniLM-L6-v2")))
     )

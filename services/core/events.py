@@ -70,6 +70,7 @@ UPLOAD_COMPLETED = "UploadCompleted"
 INTEGRITY_VERIFIED = "IntegrityVerified"
 SECURITY_RECORDED = "SecurityRecorded"
 VECTORS_PROGRESSED = "VectorsProgressed"
+VECTOR_ITEM_REQUESTED = "VectorItemRequested"
 VECTORS_INDEXED = "VectorsIndexed"
 GRAPH_LINKED = "GraphLinked"
 RELATIONAL_RECORDED = "RelationalRecorded"
@@ -80,3 +81,5 @@ DEAD_LETTER = "DeadLetter"
 
 PROGRESS_EVENTS = frozenset({CHUNK_STORED, UPLOAD_PROGRESSED, VECTORS_PROGRESSED})
 TERMINAL_EVENTS = frozenset({DOCUMENT_COMPLETED, DOCUMENT_COMPENSATED, COMPENSATION_FAILED})
+# Work items a step fans out to its own workers (a work topic of their own, never the saga's topics).
+WORK_EVENTS = frozenset({VECTOR_ITEM_REQUESTED})

@@ -119,6 +119,17 @@ class VectorsProgressed(Payload):
 
 
 @dataclass(frozen=True, kw_only=True)
+class VectorItemRequested(Payload):
+    """A page range of a large document that any vector worker embeds (fan-out; work topic only)."""
+
+    item: int
+    items: int
+    first_page: int
+    last_page: int
+    pages_total: int
+
+
+@dataclass(frozen=True, kw_only=True)
 class VectorsIndexed(Payload):
     """All text chunks of the document are embedded and stored."""
 

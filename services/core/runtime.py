@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 from eventsourcing.persistence import IntegrityError as EventStoreConflict
@@ -45,6 +46,7 @@ from services.core.events import (
     DOCUMENT_COMPENSATED,
     DOCUMENT_COMPLETED,
     TERMINAL_EVENTS,
+    WORK_EVENTS,
     Event,
 )
 from services.core.faults import FaultInjector
@@ -124,11 +126,21 @@ class Relay:
                     headers = tracing.headers(message.get("traceparent"))
                     for topic in topics.topics_for(event.event_type, event.producer):
                         sends.append(await self.producer.send(topic.name, data, key=event.document_id.encode(),
+                                                              partition=await self._partition(topic, event),
                                                               headers=headers))
                 await asyncio.gather(*sends)
                 await asyncio.to_thread(self.store.mark_published, batch[-1][0])
                 published += len(sends)
         return published
+
+
+    async def _partition(self, topic: topics.Topic, event: Event) -> int | None:
+        """Saga events go by key (one document's stay in order); work item n goes to partition
+        n mod the count, so a document's items spread evenly over the workers."""
+        if event.event_type not in WORK_EVENTS:
+            return None
+        partitions = sorted(await self.producer.partitions_for(topic.name))
+        return partitions[int(event.payload["item"]) % len(partitions)]
 
 
 @dataclass
@@ -149,7 +161,8 @@ class Runtime:
         self.settings = settings or Settings()
         self.log = logging.getLogger(step.service)
         self.faults = FaultInjector(step.service, self.settings.faults)
-        self.ctx = Context(self.settings, checkpoint=checkpoint or self._checkpoint)
+        self.ctx = Context(self.settings, checkpoint=checkpoint or self._checkpoint,
+                           log_of=lambda document_id: self.store.step_log(document_id))
         self.positions: dict[TopicPartition, int | None] = {}
         self.group = f"{topics.PREFIX}-{step.service}"  # one consumer group per service
         self._flush_queued = threading.Event()
@@ -158,7 +171,7 @@ class Runtime:
         if store is not None:
             self.store = store
         self.relay: Relay
-        self.loop: asyncio.AbstractEventLoop
+        self.loop: asyncio.AbstractEventLoop | None = None  # None: an in-process harness, no Kafka
 
     # --- lifecycle -----------------------------------------------------------------------
     async def run(self, stop: asyncio.Event | None = None) -> None:
@@ -204,24 +217,21 @@ class Runtime:
         await topics.wait_for_topics(self.settings, self.step.service, topics.SAGA_TOPICS)  # provisioned by admin
         await producer.start()
         self.relay = Relay(self.store, producer)
+        workers: asyncio.Task[None] | None = None
         try:
             await self.relay.flush()  # what a crashed run recorded but never published
             listener = _ForgetPositions(self.positions, self.log)
             consumer.subscribe([t.name for t in topics.SAGA_TOPICS], listener=listener)
             await consumer.start()
             logs.info(self.log, "started", group=self.group)
+            workers = asyncio.create_task(self._work(stop, producer)) if self.step.row.work else None
             stopper = asyncio.create_task(stop.wait())
-            while not stop.is_set():
-                fetch = asyncio.create_task(consumer.getmany(timeout_ms=500, max_records=200))
-                await asyncio.wait({fetch, stopper}, return_when=asyncio.FIRST_COMPLETED)
-                if not fetch.done():
-                    fetch.cancel()
-                    break
-                if not fetch.result():
+            while (fetched := await _fetch(consumer, stopper, 200)) is not None:
+                if not fetched:
                     # Idle: publish anything a failed flush left behind (a quiet system has no
                     # next message to trigger it, and a recorded event must not wait forever).
                     await self.relay.flush()
-                for tp, messages in fetch.result().items():
+                for tp, messages in fetched.items():
                     done = None
                     for message in messages:
                         if stop.is_set() or not await self.consume(tp, message, producer):
@@ -239,25 +249,128 @@ class Runtime:
                         except KafkaError as e:  # e.g. a rebalance: the next owner re-reads, tracking skips
                             logs.warn(self.log, "offset commit failed", error=str(e))
         finally:
+            stop.set()
             self.ctx.stopping.set()
+            if workers is not None:
+                await asyncio.gather(workers, return_exceptions=True)
             await consumer.stop()
             await producer.stop()
             await asyncio.to_thread(self.step.stop)
             logs.info(self.log, "stopped")
 
     def _checkpoint(self, log: StepLog) -> None:
-        """Called from a handler's thread: record progress, then let the relay publish it
-        (one flush queued at a time: a fast upload checkpoints faster than Kafka needs)."""
-        self.store.record(log)
-        if not self._flush_queued.is_set():
-            self._flush_queued.set()
-            asyncio.run_coroutine_threadsafe(self._queued_flush(), self.loop)
+        """Called from a handler's thread: record progress, then let the relay publish it."""
+        self._record_and_publish(log)
         if not self.step.row.progress or any(log.has_emitted(p) for p in self.step.row.progress):
             self.faults.maybe_fail("mid", log.document_id, _title(log.submission()))  # after partial work
+
+    def _record_and_publish(self, log: StepLog) -> None:
+        """From a handler's thread: record, then queue a flush of the relay (one at a time: a
+        fast upload checkpoints faster than Kafka needs)."""
+        self.store.record(log)
+        if self.loop is not None and not self._flush_queued.is_set():
+            self._flush_queued.set()
+            asyncio.run_coroutine_threadsafe(self._queued_flush(), self.loop)
 
     async def _queued_flush(self) -> None:
         self._flush_queued.clear()
         await self.relay.flush()
+
+    # --- work items ------------------------------------------------------------------------
+    async def _work(self, stop: asyncio.Event, producer: AIOKafkaProducer) -> None:
+        """The step's workers: the items it fanned out, on its work topic in a group of their own,
+        one at a time per process; any replica takes any item. Round-robin assignment gives N
+        replicas every N-th partition, and item n is on partition n mod the count, so a
+        document's items spread evenly. An item's offset is committed once it is done (or failed
+        for good): one that was abandoned half-way is redelivered and resumes."""
+        group = topics.work_group(self.step.service)
+        consumer = AIOKafkaConsumer(
+            **self.settings.kafka(self.step.service), group_id=group, enable_auto_commit=False,
+            auto_offset_reset="earliest", isolation_level="read_committed", max_poll_interval_ms=6 * 3600 * 1000,
+            session_timeout_ms=self.settings.session_timeout_ms, heartbeat_interval_ms=3_000,
+            partition_assignment_strategy=(RoundRobinPartitionAssignor,),
+            group_instance_id=f"{group}-{self.settings.group_instance}" if self.settings.group_instance else None,
+        )
+        mine = [t for t in topics.WORK_TOPICS if self.step.service in t.writers]
+        try:
+            await topics.wait_for_topics(self.settings, self.step.service, mine)
+            consumer.subscribe([t.name for t in mine], listener=_LogAssignments(self.log, "work assigned"))
+            await consumer.start()
+        except Exception as e:  # a process whose workers cannot run stops: its supervisor restarts it
+            logs.error(self.log, "work consumer failed to start", error=f"{type(e).__name__}: {e}")
+            stop.set()
+            raise
+        try:
+            stopper = asyncio.create_task(stop.wait())
+            while (fetched := await _fetch(consumer, stopper, 1)) is not None:
+                for tp, messages in fetched.items():
+                    for message in messages:
+                        if stop.is_set() or not await self._work_item(message, producer):
+                            return  # abandoned half-way: not committed, it is redelivered
+                        try:
+                            await consumer.commit({tp: message.offset + 1})
+                        except KafkaError as e:  # the next owner gets it again: the ledger makes that a no-op
+                            logs.warn(self.log, "offset commit failed", error=str(e))
+        finally:
+            await consumer.stop()
+
+    async def _work_item(self, message: ConsumerRecord, producer: AIOKafkaProducer) -> bool:
+        """One work item, checked like a saga event; transient faults are retried until the step
+        deadline, then (or on a permanent fault) the document's step fails."""
+        try:
+            item = codec.decode(message.value)
+            validation.check_event(item)
+            if message.key != item.document_id.encode():
+                raise validation.InvalidInput(f"key {message.key!r} is not its document id")
+            if item.event_type not in self.step.row.work or item.producer != self.step.service:
+                raise validation.InvalidInput(f"{item.event_type} from {item.producer!r} is not this step's work")
+        except (codec.UndecodableEvent, validation.InvalidInput) as e:
+            await self.dead_letter(message, f"invalid work item: {e}", producer)
+            return True
+        deadline, attempt, started = time.monotonic() + self.settings.step_deadline_s, 0, time.monotonic()
+        span = tracing.span(f"{self.step.service} {item.event_type}", tracing.context_of(message.headers),
+                            document_id=item.document_id, saga_id=item.saga_id, event_id=item.event_id,
+                            service=self.step.service)
+        with span:
+            while True:
+                try:
+                    await asyncio.to_thread(self.step.work, item, self.ctx)
+                    break
+                except Interrupted:
+                    return False
+                except Exception as raw:
+                    err = classify(raw)
+                    if err.retriable and self.ctx.stopping.is_set():
+                        return False
+                    if err.retriable and time.monotonic() < deadline:
+                        attempt += 1
+                        metrics.RETRIES.inc()
+                        logs.warn(self.log, "transient fault in work item, retrying", doc=item.document_id,
+                                  attempt=attempt, error=str(err))
+                        await asyncio.sleep(min(self.settings.retry_base_s * 2**attempt, 5.0))
+                        continue
+                    await asyncio.to_thread(self._fail_item, item, err)
+                    break
+        metrics.EVENTS.labels(item.event_type, "handled").inc()
+        metrics.HANDLE_SECONDS.labels(item.event_type).observe(time.monotonic() - started)
+        return True
+
+    def _fail_item(self, item: Event, err: StepError) -> None:
+        """A work item failed for good: the step fails as if its forward work had (its undo
+        fences the other items first), unless the document's step was already decided."""
+        while True:
+            log = self.store.step_log(item.document_id)
+            trigger = next((event_of(m) for m in log.received if m["event_id"] == item.causation_id), None)
+            decided = (self.step.row.success, failed(self.step.step))
+            if trigger is None or log.ended() or any(log.has_emitted(t) for t in decided):
+                logs.warn(self.log, "work item failed after its step was decided", doc=item.document_id,
+                          error=str(err))
+                return
+            self._fail_forward(trigger, log, err)
+            try:
+                return self._record_and_publish(log)
+            except EventStoreConflict:
+                continue  # the saga consumer or another worker wrote the log meanwhile: decide again
 
     # --- one message -----------------------------------------------------------------------
     async def consume(self, tp: TopicPartition, message: ConsumerRecord, producer: AIOKafkaProducer) -> bool:
@@ -452,7 +565,7 @@ class Runtime:
         for m in log.received:
             scratch.receive(m)
         trigger = log.last_received(event.event_type) or event
-        self.step.handle(trigger, scratch, replace(self.ctx, checkpoint=lambda _log: None))
+        self.step.handle(trigger, scratch, replace(self.ctx, checkpoint=lambda _log: None, inline=True))
         log.record_repair({**message_of(event), "emitted": [m["event_type"] for m in scratch.emitted]})
 
     def _forward(self, event: Event, log: StepLog) -> None:
@@ -559,6 +672,17 @@ class Runtime:
         )
 
 
+class _LogAssignments(ConsumerRebalanceListener):
+    def __init__(self, log: logging.Logger, what: str) -> None:
+        self.log, self.what = log, what
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        pass
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        logs.info(self.log, self.what, partitions=len(assigned))
+
+
 class _ForgetPositions(ConsumerRebalanceListener):
     """After a rebalance another replica may have moved a partition on: reload positions."""
 
@@ -575,6 +699,19 @@ class _ForgetPositions(ConsumerRebalanceListener):
         for tp in assigned:
             self.positions.pop(tp, None)
         logs.info(self.log, "assigned", partitions=len(assigned))  # replicas share the partitions
+
+
+async def _fetch(consumer: AIOKafkaConsumer, stopper: asyncio.Task[Any],
+                 max_records: int) -> dict[TopicPartition, list[ConsumerRecord]] | None:
+    """The next batch (empty after half a second without one), or None once the service stops."""
+    if stopper.done():
+        return None
+    fetch = asyncio.create_task(consumer.getmany(timeout_ms=500, max_records=max_records))
+    await asyncio.wait({fetch, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    if not fetch.done():
+        fetch.cancel()
+        return None
+    return fetch.result()
 
 
 def _title(submission: Event | None) -> str:

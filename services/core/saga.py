@@ -34,6 +34,7 @@ from services.core.events import (
     UPLOAD_COMPLETED,
     UPLOAD_PROGRESSED,
     UPLOAD_STARTED,
+    VECTOR_ITEM_REQUESTED,
     VECTORS_INDEXED,
     VECTORS_PROGRESSED,
 )
@@ -54,6 +55,7 @@ class SagaStep:
     needs: frozenset[str] = frozenset({DOCUMENT_SUBMITTED})  # earlier events it reads from its log
     emits: tuple[str, ...] = ()  # other saga events it emits on the way
     progress: tuple[str, ...] = ()  # its high-volume progress events
+    work: tuple[str, ...] = ()  # work items it fans out to its own workers (its work topic)
     store: str | None = None  # what it writes, as `uds3 audit consistency` names it
 
     @property
@@ -71,7 +73,8 @@ SAGA: tuple[SagaStep, ...] = (
     SagaStep("Integrity", "verifier", trigger=UPLOAD_COMPLETED, success=INTEGRITY_VERIFIED),
     SagaStep("Security", "security", trigger=INTEGRITY_VERIFIED, success=SECURITY_RECORDED, store="security"),
     SagaStep("Vectors", "vector", trigger=SECURITY_RECORDED, success=VECTORS_INDEXED,
-             needs=frozenset({DOCUMENT_SUBMITTED, UPLOAD_COMPLETED}), progress=(VECTORS_PROGRESSED,), store="vectors"),
+             needs=frozenset({DOCUMENT_SUBMITTED, UPLOAD_COMPLETED}), progress=(VECTORS_PROGRESSED,),
+             work=(VECTOR_ITEM_REQUESTED,), store="vectors"),
     SagaStep("Graph", "graph", trigger=VECTORS_INDEXED, success=GRAPH_LINKED,
              needs=frozenset({DOCUMENT_SUBMITTED, SECURITY_RECORDED}), store="graph"),
     SagaStep("Relational", "relational", trigger=GRAPH_LINKED, success=RELATIONAL_RECORDED,
@@ -113,7 +116,7 @@ COMPENSATED_EVENTS = frozenset(s.compensated for s in SAGA)
 
 ALL_EVENT_TYPES: tuple[str, ...] = (
     DOCUMENT_SUBMITTED,
-    *(e for s in SAGA for e in (*s.emits, *s.progress, s.success)),
+    *(e for s in SAGA for e in (*s.emits, *s.progress, *s.work, s.success)),
     DOCUMENT_COMPLETED, *sorted(FAILED_EVENTS), *sorted(COMPENSATED_EVENTS),
     DOCUMENT_COMPENSATED, COMPENSATION_FAILED,
 )
@@ -123,7 +126,7 @@ assert set(PROGRESS_EVENTS) <= set(ALL_EVENT_TYPES)
 def _owners() -> dict[str, str]:
     owners = {DOCUMENT_SUBMITTED: SUBMITTER, DOCUMENT_COMPLETED: LAST.service, DOCUMENT_COMPENSATED: FIRST.service}
     for s in SAGA:
-        owners |= {e: s.service for e in (*s.emits, *s.progress, s.success, s.failed, s.compensated)}
+        owners |= {e: s.service for e in (*s.emits, *s.progress, *s.work, s.success, s.failed, s.compensated)}
     return owners
 
 

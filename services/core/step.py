@@ -29,6 +29,10 @@ class Context:
     settings: Settings
     checkpoint: Callable[[StepLog], None] = lambda log: None
     stopping: threading.Event = field(default_factory=threading.Event)
+    # The step's log of a document as recorded now (a work item's handler adds to it).
+    log_of: Callable[[str], StepLog] = lambda document_id: StepLog("", document_id)
+    # Do all the work here, fanning nothing out (an operator's repair runs on a scratch log).
+    inline: bool = False
 
     def check_stop(self) -> None:
         if self.stopping.is_set():
@@ -111,6 +115,12 @@ class Step(ABC):
         Must be idempotent: the log shows what an earlier (crashed) attempt already did.
         Raise PermanentError or TransientError (services.core.errors) on failure.
         """
+
+    def work(self, item: Event, ctx: Context) -> None:
+        """Do one work item the step fanned out (its row's `work` events; any replica may get
+        any item). Must be idempotent; adds what follows to the document's log itself
+        (`ctx.log_of`, `ctx.checkpoint`). Raise StepError subclasses like `handle`."""
+        raise NotImplementedError(f"{self.service} fans out no work")
 
     @abstractmethod
     def undo(self, log: StepLog, ctx: Context) -> Undone:

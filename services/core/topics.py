@@ -28,12 +28,14 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 from aiokafka.structs import ConsumerRecord
 
 from services.core.config import Settings, kafka_nodes
-from services.core.events import COMPENSATION_FAILED, DEAD_LETTER, PROGRESS_EVENTS, TERMINAL_EVENTS
-from services.core.saga import ALL_EVENT_TYPES, OWNER, SERVICES, SUBMITTER
+from services.core.events import COMPENSATION_FAILED, DEAD_LETTER, PROGRESS_EVENTS, TERMINAL_EVENTS, WORK_EVENTS
+from services.core.saga import ALL_EVENT_TYPES, OWNER, SAGA, SERVICES, SUBMITTER
 
 log = logging.getLogger(__name__)
 
 DAY_MS = 24 * 60 * 60 * 1000
+# The most workers that can share one document's items (one partition each at least).
+WORK_PARTITIONS = 12
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,8 @@ def build_topics(prefix: str, replication_factor: int = 1) -> tuple[Topic, ...]:
     """Every topic under `prefix`: submissions, per service its events (and progress), the
     completions and the dead letters."""
     def owned(service: str, progress: bool) -> tuple[str, ...]:
-        mine = [t for t in ALL_EVENT_TYPES if OWNER.get(t) == service and (t in PROGRESS_EVENTS) == progress]
+        mine = [t for t in ALL_EVENT_TYPES
+                if OWNER.get(t) == service and (t in PROGRESS_EVENTS) == progress and t not in WORK_EVENTS]
         return tuple(mine + ([COMPENSATION_FAILED] if not progress else []))  # any service's undo can fail
 
     rf = replication_factor
@@ -91,6 +94,16 @@ def build_topics(prefix: str, replication_factor: int = 1) -> tuple[Topic, ...]:
         for service in SERVICES
         if owned(service, True)
     )
+    work = tuple(
+        Topic(
+            f"{prefix}.{step.service}.work", WORK_PARTITIONS, rf, 1 * DAY_MS, "delete",
+            f"Work items the {step.service} step fans out to its workers (any replica takes any item; "
+            "item n goes to partition n mod the partition count, so items spread evenly).",
+            step.work, (step.service,),
+        )
+        for step in SAGA
+        if step.work
+    )
     completions = Topic(
         f"{prefix}.saga.completions", 3, rf, 365 * DAY_MS, "delete",
         "Terminal outcome of every document, for downstream subscribers. The service that "
@@ -103,7 +116,7 @@ def build_topics(prefix: str, replication_factor: int = 1) -> tuple[Topic, ...]:
         "the reason; inspected and re-driven from the CLI.",
         (DEAD_LETTER,), SERVICES,
     )
-    return (submissions, *events, *progress, completions, dead_letters)
+    return (submissions, *events, *progress, *work, completions, dead_letters)
 
 
 PREFIX = os.environ.get("UDS3_TOPIC_PREFIX", "uds3")
@@ -113,6 +126,12 @@ SUBMISSIONS, COMPLETIONS, DEAD_LETTERS = ALL_TOPICS[0], ALL_TOPICS[-2], ALL_TOPI
 # What the services consume: every saga event, from every producer (no progress).
 SAGA_TOPICS: tuple[Topic, ...] = tuple(t for t in ALL_TOPICS if t.name.endswith((".events", ".submissions")))
 PROGRESS_TOPICS: tuple[Topic, ...] = tuple(t for t in ALL_TOPICS if t.name.endswith(".progress"))
+WORK_TOPICS: tuple[Topic, ...] = tuple(t for t in ALL_TOPICS if t.name.endswith(".work"))
+
+
+def work_group(service: str, prefix: str = PREFIX) -> str:
+    """The consumer group of a service's workers (its work topic; the saga's group is `<prefix>-<service>`)."""
+    return f"{prefix}-{service}-work"
 
 
 def client_group_prefix(prefix: str = PREFIX) -> str:

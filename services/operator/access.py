@@ -5,8 +5,9 @@ with its name, submitters as `client`, operators and provisioning as `admin` (th
 super user). The KRaft authorizer denies whatever no ACL allows, and the ACLs follow the
 topic layout (`topics.py`, one topic per producer):
 
-- a service writes only its own topics (its events, its progress), plus the completions
-  and dead-letter topics; it reads every topic of its deployment; it joins only its group;
+- a service writes only its own topics (its events, its progress, its work items), plus the
+  completions and dead-letter topics; it reads every topic of its deployment; it joins only
+  its group (and its workers' group, `<prefix>-<service>-work`);
 - the client writes only submissions; it reads the saga's events, progress and completions
   (not the dead letters), and joins only groups named `<prefix>-client-*`.
 
@@ -62,7 +63,9 @@ def grants(prefix: str = topics.PREFIX, layout: tuple[topics.Topic, ...] = topic
     for service in topics.SERVICES:
         out += [Grant(service, "READ", "TOPIC", f"{prefix}.", prefixed=True),
                 Grant(service, "READ", "GROUP", f"{prefix}-{service}")]
-    readable = [t for t in layout if not t.name.endswith(".saga.dlq")]
+    out += [Grant(t.writers[0], "READ", "GROUP", topics.work_group(t.writers[0], prefix))
+            for t in layout if t.name.endswith(".work")]
+    readable = [t for t in layout if not t.name.endswith((".saga.dlq", ".work"))]
     out += [Grant(SUBMITTER, "READ", "TOPIC", t.name) for t in readable]
     out.append(Grant(SUBMITTER, "READ", "GROUP", topics.client_group_prefix(prefix), prefixed=True))
     return sorted(out)

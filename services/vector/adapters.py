@@ -19,9 +19,11 @@ DIM = 384
 TEXT_MAX = 4096
 
 
-def chunk_key(document_id: str, chunk_index: int) -> str:
-    """Deterministic primary key: a replayed batch upserts the same rows instead of adding new ones."""
-    return f"{document_id}:{chunk_index:07d}"
+def chunk_key(document_id: str, item: int, chunk_index: int) -> str:
+    """Deterministic primary key: a replayed batch upserts the same rows instead of adding new ones.
+    Chunks are numbered within their work item (a page range, `items.py`): the same key whichever
+    worker embedded it."""
+    return f"{document_id}:{item:05d}:{chunk_index:07d}"
 
 
 def _of_document(document_id: str) -> str:

@@ -8,7 +8,8 @@
 * ``chunk_pages`` turns any stream of pages into overlapping ~1000-character chunks.
 
 Nothing holds more than one page (or one text block) plus the unfinished chunk in memory.
-pypdfium2 is not thread-safe: call these from one thread at a time.
+pypdfium2 is not thread-safe: every call into it here holds one process-wide lock (a vector
+process extracts for its saga step and for its work items at once).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import codecs
 import io
 import os
 import re
+import threading
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -58,6 +60,8 @@ class CorruptPdf(UnreadableDocument):
 
 # --------------------------------------------------------------------------- PDF
 
+_PDFIUM = threading.RLock()  # PDFium is one library state per process: one caller at a time
+
 
 class _Counted(io.RawIOBase):
     """A stream that counts the bytes read through it (what PDFium may be holding on to)."""
@@ -97,7 +101,8 @@ class _OpenPdf:
             source = open(source, "rb", buffering=0)  # noqa: SIM115 (closed with the document)
         self._stream: _Counted | None = _Counted(source)
         try:
-            self.doc = pdfium.PdfDocument(self._stream)
+            with _PDFIUM:
+                self.doc = pdfium.PdfDocument(self._stream)
         except pdfium.PdfiumError as exc:
             self._close_stream()
             code = getattr(exc, "err_code", None)
@@ -111,13 +116,18 @@ class _OpenPdf:
             raise
 
     def __len__(self) -> int:
-        return len(self.doc)
+        with _PDFIUM:
+            return len(self.doc)
 
     @property
     def bytes_read(self) -> int:
         return self._stream.bytes_read if self._stream is not None else 0
 
     def page_text(self, index: int) -> str:
+        with _PDFIUM:
+            return self._page_text(index)
+
+    def _page_text(self, index: int) -> str:
         try:
             page = self.doc[index]
             try:
@@ -137,7 +147,8 @@ class _OpenPdf:
             self._stream = None
 
     def close(self) -> None:
-        self.doc.close()
+        with _PDFIUM:
+            self.doc.close()
         self._close_stream()
 
 
@@ -154,10 +165,12 @@ REOPEN_BYTES = 32 * 1024 * 1024
 
 
 def iter_pdf_pages(
-    opener: Opener, reopen_every: int = 1000, reopen_bytes: int = REOPEN_BYTES
+    opener: Opener, reopen_every: int = 1000, reopen_bytes: int = REOPEN_BYTES, pages: range | None = None
 ) -> Generator[Page, None, None]:
-    """Yield every page of the PDF in order, reopening the document every ``reopen_every`` pages
-    and whenever ``reopen_bytes`` have been read since it was opened (scanned pages: their images).
+    """Yield every page of the PDF in order (or those of ``pages``, 0-based indexes: a work
+    item's), reopening the document every ``reopen_every`` pages and whenever ``reopen_bytes`` have
+    been read since it was opened (scanned pages: their images). PDFium reads only the objects of
+    the pages asked for (and the cross-reference table), so an item costs its own bytes.
 
     ``opener`` is called once per (re)open and must return the same document each time: a path
     or a fresh readable+seekable binary stream (which is closed here). A page without a text
@@ -166,11 +179,15 @@ def iter_pdf_pages(
     """
     if reopen_every < 1:
         raise ValueError("reopen_every must be >= 1")
-    pdf, opened_at = _OpenPdf(opener), 0
+    pdf = _OpenPdf(opener)
     try:
         total = len(pdf)
-        for index in range(total):
-            if index and (index - opened_at >= reopen_every or pdf.bytes_read >= reopen_bytes):
+        wanted = pages if pages is not None else range(total)
+        if wanted and not (wanted.start >= 0 and wanted.stop <= total):
+            raise CorruptPdf(f"pages {wanted.start + 1}-{wanted.stop} asked of a {total}-page PDF")
+        opened_at = wanted.start
+        for index in wanted:
+            if index > opened_at and (index - opened_at >= reopen_every or pdf.bytes_read >= reopen_bytes):
                 opened_at = index
                 pdf.close()
                 pdf = _OpenPdf(opener)

@@ -652,6 +652,7 @@ def configure(folder: Path, prefix: str, chunk_store: str = "folder") -> dict[st
         "UDS3_RETRY_BASE_S": "0.1",
         "UDS3_CHUNK_BYTES": str(128 * 1024),  # many upload chunks (checkpoints) per document
         "UDS3_EMBED_BATCH": "8",  # many embedding checkpoints per document
+        "UDS3_VECTOR_ITEM_PAGES": "4",  # the longer PDFs fan out: work items under kills too
     }
     if chunk_store == "s3":  # the stack's s3proxy: inbox and chunks as on a multi-node deployment
         env["UDS3_CHUNK_STORE_URL"] = f"s3://uds3-chaos/{prefix}"

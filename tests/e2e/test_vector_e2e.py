@@ -129,7 +129,7 @@ def test_encrypted_and_corrupt_pdfs_fail_with_a_clear_reason_and_leave_nothing(
         assert footprint(outcome.document_id).empty
 
 
-EMBEDDING = re.compile(r"embedding doc=(?P<doc>\S+) first=(?P<first>\d+) last=(?P<last>\d+)")
+EMBEDDING = re.compile(r"embedding doc=(?P<doc>\S+) item=(?P<item>\d+) first=(?P<first>\d+) last=(?P<last>\d+)")
 
 
 def embedded_ranges(log: Path, document_id: str, start: int = 0, end: int | None = None) -> list[range]:

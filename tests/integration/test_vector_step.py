@@ -19,7 +19,7 @@ from services.core.config import Settings
 from services.core.events import SECURITY_RECORDED, UPLOAD_COMPLETED, VECTORS_INDEXED, VECTORS_PROGRESSED, Event
 from services.core.step import Interrupted
 from services.core.steplog import StepLog
-from services.vector.adapters import TEXT_MAX, VectorIndex
+from services.vector.adapters import TEXT_MAX
 from services.vector.embedding import Embedder, Vectors
 from services.vector.step import VectorStep
 from services.vector.text import chunk_pages, iter_pdf_pages, iter_text_blocks
@@ -40,17 +40,6 @@ pytestmark = pytest.mark.stack
 def settings(tmp_path_factory: pytest.TempPathFactory, stack: Settings) -> Settings:
     tmp = tmp_path_factory.mktemp("vector")
     return make_settings(tmp, milvus_collection=f"{stack.milvus_collection}_step", embed_batch=BATCH)
-
-
-@pytest.fixture(scope="module")
-def step(settings: Settings) -> Iterator[VectorStep]:
-    """One vector step (the model takes a few seconds to load) with its own collection."""
-    s = VectorStep.from_settings(settings)
-    s.start()
-    yield s
-    assert isinstance(s.vectors, VectorIndex)
-    s.vectors.drop()
-    s.stop()
 
 
 class CountingEmbedder:

@@ -34,7 +34,7 @@ def axis(i: int) -> list[float]:
 
 
 def rows(doc: str, chunks: range) -> list[dict[str, Any]]:
-    return [{"id": chunk_key(doc, i), "document_id": doc, "page": 1 + i // 2, "chunk": i, "text": f"{doc} {i}",
+    return [{"id": chunk_key(doc, 0, i), "document_id": doc, "page": 1 + i // 2, "chunk": i, "text": f"{doc} {i}",
              "vector": axis(i)} for i in chunks]
 
 

@@ -100,7 +100,7 @@ def test_a_hostile_document_id_never_widens_a_milvus_filter(stack: Settings, hos
     index = VectorIndex(stack.milvus_uri, f"{stack.milvus_collection}_hostile").open()
     try:
         docs = [str(uuid.uuid4()), str(uuid.uuid4())]
-        index.upsert([{"id": chunk_key(d, i), "document_id": d, "chunk": i, "page": 1, "text": f"chunk {i}",
+        index.upsert([{"id": chunk_key(d, 0, i), "document_id": d, "chunk": i, "page": 1, "text": f"chunk {i}",
                        "vector": [float(i + 1)] + [0.0] * (DIM - 1)} for d in docs for i in range(3)])
         for act in (index.delete_document, index.count, lambda d: index.search([1.0] + [0.0] * (DIM - 1), 5, d)):
             with pytest.raises(InvalidInput, match="canonical UUID"):

@@ -33,4 +33,6 @@ def test_no_grant_is_prefixed_wider_than_the_deployment() -> None:
         assert g.name.startswith(("t-42.", "t-42-")), g
         assert g.operation in ("READ", "WRITE") and g.principal in access.PRINCIPALS
     groups = {g.name for g in access.grants() if g.resource == "GROUP" and g.principal in topics.SERVICES}
-    assert groups == {f"{topics.PREFIX}-{s}" for s in topics.SERVICES}  # a service joins its own group only
+    # a service joins its own group only, and the vector service its workers' group too
+    assert groups == {f"{topics.PREFIX}-{s}" for s in topics.SERVICES} | {topics.work_group("vector")}
+    assert topics.WORK_TOPICS[0].name not in {g.name for g in access.grants() if g.principal == SUBMITTER}

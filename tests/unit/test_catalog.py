@@ -54,8 +54,12 @@ def test_topic_layout() -> None:
         (".submissions", 6, ("client",)),
         *[(f".{s}.events", 6, (s,)) for s in topics.SERVICES],
         (".uploader.progress", 6, ("uploader",)), (".vector.progress", 6, ("vector",)),
+        (".vector.work", 12, ("vector",)),
         (".saga.completions", 3, topics.SERVICES), (".saga.dlq", 1, topics.SERVICES),
     ]
+    # work items never travel on a topic the saga's consumers read
+    assert topics.WORK_TOPICS[0].carries == ("VectorItemRequested",)
+    assert all("VectorItemRequested" not in t.carries for t in topics.SAGA_TOPICS)
     events, progress = topics.SAGA_TOPICS[1], topics.PROGRESS_TOPICS[0]
     assert progress.retention_ms < events.retention_ms < topics.COMPLETIONS.retention_ms
     assert events.configs == {"retention.ms": str(events.retention_ms), "cleanup.policy": "delete",
