@@ -79,6 +79,15 @@ FIGURES: dict[str, tuple[str, str]] = {
         "reopening by page count only (what it did before). **Goal: peak RSS growth from the smallest to the "
         "largest file <= 16 MB (G7).**",
     ),
+    "fanout": (
+        "9. One large document, many vector workers",
+        "The ~300 MB mixed PDF of section 4 with one vector process pinned to one core (`taskset`, so one model "
+        "thread) and with two pinned to one core each, fresh services each time: the vector phase "
+        "(SecurityRecorded -> VectorsIndexed, from `occurred_at`) and submit -> DocumentCompleted, against "
+        "the bare one-thread embedding time of the same chunks in this process (pinned to one core) divided "
+        "by the workers. **Goals: 2 workers >= 1.8x faster than 1 in the vector phase; end to end <= 1.1x "
+        "bare embedding / workers.**",
+    ),
 }
 
 

@@ -27,17 +27,26 @@ class ServiceDied(RuntimeError):
 
 
 class Services:
-    def __init__(self, names: list[str], env: dict[str, str], ready_timeout: float = 120) -> None:
-        self.names, self.env, self.ready_timeout = names, env, ready_timeout
+    def __init__(self, names: list[str], env: dict[str, str], ready_timeout: float = 120,
+                 pinned: dict[str, list[str]] | None = None) -> None:
+        """`pinned`: a service's replicas, one per CPU list (taskset's), e.g. {"vector": ["0", "1"]};
+        the second and later are named `<service>-<n>`."""
+        self.env, self.ready_timeout = env, ready_timeout
+        unpinned: list[str | None] = [None]
+        each: dict[str, list[str | None]] = {name: [*(pinned or {}).get(name, [])] or unpinned for name in names}
+        self.replicas = [(name, r, cpus) for name in names for r, cpus in enumerate(each[name])]
+        self.names = [name if r == 0 else f"{name}-{r}" for name, r, _ in self.replicas]
         self.procs: dict[str, ServiceProcess] = {}
+        self.offsets: dict[str, int] = {}
 
     def __enter__(self) -> Services:
         try:
             offsets = {}
-            for name in self.names:
-                proc = ServiceProcess(name, env=self.env)
-                offsets[name] = proc.log_path.stat().st_size if proc.log_path.exists() else 0
-                self.procs[name] = proc.start()
+            for key, (name, replica, cpus) in zip(self.names, self.replicas, strict=True):
+                proc = ServiceProcess(name, replica, env=self.env, cpus=cpus)
+                offsets[key] = proc.log_path.stat().st_size if proc.log_path.exists() else 0
+                self.procs[key] = proc.start()
+            self.offsets = offsets
             self._wait_ready(offsets)
         except BaseException:
             self.stop()
@@ -64,6 +73,19 @@ class Services:
                         waiting.discard(name)
             if time.monotonic() > deadline:
                 raise TimeoutError(f"not started after {self.ready_timeout}s: {sorted(waiting)}")
+            time.sleep(0.2)
+
+    def wait_for_line(self, name: str, text: str, timeout: float = 90) -> None:
+        """Until the process logged `text` since it started (e.g. its share of a group's partitions)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with open(self.procs[name].log_path, "rb") as f:
+                f.seek(self.offsets[name])
+                if text.encode() in f.read():
+                    return
+            self.check_alive()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{name} did not log {text!r} in {timeout}s:\n{self.procs[name].log_tail()}")
             time.sleep(0.2)
 
     def pid(self, name: str) -> int:

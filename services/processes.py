@@ -40,8 +40,11 @@ def run_dir() -> Path:
 class ServiceProcess:
     """One replica of one service: started, killed (SIGKILL) or stopped (SIGTERM)."""
 
-    def __init__(self, service: str, replica: int = 0, env: dict[str, str] | None = None) -> None:
-        self.service, self.replica = service, replica
+    def __init__(self, service: str, replica: int = 0, env: dict[str, str] | None = None,
+                 cpus: str | None = None) -> None:
+        """`cpus`: pin it to these CPUs (taskset's list, e.g. "0" or "0-3"); its model then runs
+        one thread per CPU it has."""
+        self.service, self.replica, self.cpus = service, replica, cpus
         # Dynamic group membership by default: a restarted replica waits out its killed
         # predecessor's session timeout (10 s). UDS3_GROUP_INSTANCE opts into static membership
         # (instant takeover), which we saw stall after many kills in seconds (docs/operating.md).
@@ -56,8 +59,9 @@ class ServiceProcess:
 
     def start(self) -> ServiceProcess:
         with open(self.log_path, "ab") as log:  # the child keeps its own copy of the descriptor
+            pin = ["taskset", "-c", self.cpus] if self.cpus else []
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", f"services.{self.service}"],
+                [*pin, sys.executable, "-m", f"services.{self.service}"],
                 cwd=REPO_ROOT,
                 env=self.env,
                 stdout=log,

@@ -116,7 +116,9 @@ class Settings:
     text_chunk_chars: int = field(default_factory=lambda: int(_env("UDS3_TEXT_CHUNK_CHARS", "1000")))
     text_chunk_overlap: int = field(default_factory=lambda: int(_env("UDS3_TEXT_CHUNK_OVERLAP", "100")))
     embed_batch: int = field(default_factory=lambda: int(_env("UDS3_EMBED_BATCH", "32")))
-    embedder: str = field(default_factory=lambda: _env("UDS3_EMBEDDER", "int8"))
+    embedder: str = field(default_factory=lambda: _env("UDS3_EMBEDDER", "int8"))  # int8, fp32 or cuda
+    # The model's threads; 0: one per CPU this process may run on (a replica pinned to a core: one).
+    embed_threads: int = field(default_factory=lambda: int(_env("UDS3_EMBED_THREADS", "0")))
     # A PDF of more pages is fanned out: page ranges of this size that any vector process embeds.
     vector_item_pages: int = field(default_factory=lambda: int(_env("UDS3_VECTOR_ITEM_PAGES", "32")))
     model_dir: Path = field(

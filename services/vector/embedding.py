@@ -1,7 +1,8 @@
 """Text embedding backends for all-MiniLM-L6-v2 (384-d, mean pooled, L2 normalised).
 
 * ``OnnxEmbedder`` - onnxruntime + tokenizers on the graphs built by ``model_setup``;
-  the int8 graph is the production default, the fp32 graph is the accuracy reference.
+  the int8 graph is the production default, the fp32 graph is the accuracy reference and what
+  ``cuda`` runs on a GPU (onnxruntime-gpu's CUDA provider, batched: a GPU needs batches).
 * ``NumpyReferenceEmbedder`` - plain numpy BERT forward pass straight from the safetensors
   weights; independent of the ONNX graph construction, slow, only used to validate the graphs.
 
@@ -27,7 +28,18 @@ MAX_TOKENS = model_setup.MAX_TOKENS
 _SIMD_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni", "amx_int8")
 
 Vectors = npt.NDArray[np.float32]
-EmbedderKind = Literal["int8", "fp32", "numpy"]
+EmbedderKind = Literal["int8", "fp32", "cuda", "numpy"]
+CUDA = "CUDAExecutionProvider"
+
+
+class NoGpu(RuntimeError):
+    """`UDS3_EMBEDDER=cuda` where onnxruntime cannot run on a CUDA device."""
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (taskset, a cgroup's cpuset), not the machine's: a
+    replica pinned to one core runs one thread."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 @runtime_checkable
@@ -85,17 +97,22 @@ class OnnxEmbedder:
         path: Path | str,
         threads: int | None = None,
         tokenizer_path: Path | str | None = None,
+        provider: str = "CPUExecutionProvider",
+        batch: int = 1,
     ) -> None:
         import onnxruntime as ort
 
         self.path = Path(path)
         self.name = f"all-MiniLM-L6-v2/{self.path.stem}"
-        self.threads = threads or os.cpu_count() or 1
+        self.threads = threads or usable_cpus()
+        self.batch = batch
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self._session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        self._session = ort.InferenceSession(str(self.path), options, providers=[provider])
+        if provider not in self._session.get_providers():  # onnxruntime falls back to the CPU quietly
+            raise NoGpu(f"onnxruntime could not start {provider} (its CUDA libraries or the device are missing)")
         self._tokenizer = load_tokenizer(tokenizer_path or self.path.parent / model_setup.TOKENIZER_FILE)
 
     def _run(self, texts: list[str]) -> Vectors:
@@ -104,6 +121,8 @@ class OnnxEmbedder:
         return np.asarray(vectors, dtype=np.float32)
 
     def embed(self, texts: list[str]) -> Vectors:
+        if self.batch > 1:  # fp32 only: no per-run quantisation scale, so batches change nothing
+            return _batched(texts, self.batch, self._run)
         out = np.zeros((len(texts), DIM), dtype=np.float32)
         for i, text in enumerate(texts):
             out[i] = self._run([text])[0]
@@ -199,15 +218,24 @@ class NumpyReferenceEmbedder:
 def load_embedder(
     kind: EmbedderKind = "int8", threads: int | None = None, model_dir: Path | str | None = None
 ) -> Embedder:
-    """Factory. ``int8`` (default, production), ``fp32`` (ONNX reference) or ``numpy`` (slow
-    reference). ONNX kinds build the model cache (``model_setup.build``) if it is missing or stale."""
+    """Factory. ``int8`` (default, production), ``fp32`` (ONNX reference), ``cuda`` (the fp32
+    graph on a GPU: raises NoGpu where there is none) or ``numpy`` (slow reference). ONNX kinds
+    build the model cache (``model_setup.build``) if it is missing or stale."""
     if kind == "numpy":
         return NumpyReferenceEmbedder()
-    if kind not in ("int8", "fp32"):
+    if kind not in ("int8", "fp32", "cuda"):
         raise ValueError(f"unknown embedder kind {kind!r}")
+    if kind == "cuda":
+        import onnxruntime as ort
+
+        if CUDA not in ort.get_available_providers():
+            raise NoGpu(f"UDS3_EMBEDDER=cuda needs a CUDA device and onnxruntime-gpu in place of onnxruntime; "
+                        f"this onnxruntime {ort.__version__} offers {', '.join(ort.get_available_providers())}")
     # build() only checks when the files are current (their hashes and the builder version): a
     # model cache left by an older builder is rebuilt, never served.
     files = model_setup.build(Path(model_dir) if model_dir is not None else None)
+    if kind == "cuda":
+        return OnnxEmbedder(files.fp32, threads=threads, provider=CUDA, batch=64)
     return OnnxEmbedder(files.int8 if kind == "int8" else files.fp32, threads=threads)
 
 

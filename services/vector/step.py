@@ -74,7 +74,8 @@ class VectorStep(Step):
 
     @classmethod
     def from_settings(cls, settings: Settings) -> VectorStep:
-        embedder = load_embedder(settings.embedder, model_dir=settings.model_dir)  # type: ignore[arg-type]
+        embedder = load_embedder(settings.embedder, threads=settings.embed_threads or None,  # type: ignore[arg-type]
+                                 model_dir=settings.model_dir)
         items = ItemLedger(settings.pg_dsn(*settings.service_role(cls.service)))
         return cls(chunks_of(settings), VectorIndex.of(settings), embedder, items)
 

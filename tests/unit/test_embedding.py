@@ -21,10 +21,13 @@ from onnx import numpy_helper
 from bench import quality
 from services.vector import model_setup
 from services.vector.embedding import (
+    CUDA,
     Embedder,
+    NoGpu,
     NumpyReferenceEmbedder,
     OnnxEmbedder,
     load_embedder,
+    usable_cpus,
 )
 
 PASSAGES = [
@@ -227,6 +230,39 @@ def test_load_embedder_factory(model_dir: Path) -> None:
     assert isinstance(load_embedder("numpy"), NumpyReferenceEmbedder)
     with pytest.raises(ValueError):
         load_embedder("bf16")  # type: ignore[arg-type]
+
+
+def test_threads_follow_the_cpus_the_process_may_use(model_dir: Path) -> None:
+    """A replica pinned to cores (taskset, a cpuset) runs one model thread per core it has."""
+    import os
+
+    everything = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(everything)})
+    try:
+        assert usable_cpus() == 1 and load_embedder("int8", model_dir=model_dir).threads == 1  # type: ignore[attr-defined]
+    finally:
+        os.sched_setaffinity(0, everything)
+    assert usable_cpus() == len(everything)
+
+
+def has_cuda() -> bool:
+    import onnxruntime as ort
+
+    return CUDA in ort.get_available_providers()
+
+
+@pytest.mark.skipif(has_cuda(), reason="this onnxruntime has a CUDA provider: the agreement test runs instead")
+def test_cuda_asked_for_without_a_gpu_is_refused_and_says_why(model_dir: Path) -> None:
+    with pytest.raises(NoGpu, match=r"needs a CUDA device and onnxruntime-gpu .*offers .*CPUExecutionProvider"):
+        load_embedder("cuda", model_dir=model_dir)
+
+
+@pytest.mark.skipif(not has_cuda(), reason="no CUDA provider in this onnxruntime (a GPU machine runs it)")
+def test_cuda_vectors_agree_with_the_fp32_cpu_graph(model_dir: Path, fp32: OnnxEmbedder) -> None:
+    gpu = load_embedder("cuda", model_dir=model_dir)
+    texts = [t for kind in quality.corpus(per_kind=25).values() for t in kind]
+    agreement = cosines(gpu.embed(texts), fp32.embed(texts))
+    assert agreement.mean() >= 0.999 and agreement.min() >= 0.995, (agreement.mean(), agreement.min())
 
 
 # --------------------------------------------------------------------------- model_setup

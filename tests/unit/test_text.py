@@ -6,6 +6,7 @@ import io
 import itertools
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fpdf import FPDF
@@ -110,6 +111,38 @@ def test_pdf_is_reopened_once_its_byte_budget_is_read(multi_pdf: Path) -> None:
 
     assert list(iter_pdf_pages(opener, reopen_bytes=1)) == list(iter_pdf_pages(lambda: multi_pdf))
     assert len(opened) == PAGES
+
+
+class CountingReads(io.FileIO):
+    """A file that counts the bytes read from it (what a chunk store would serve)."""
+
+    read_total = 0
+
+    def readinto(self, buffer: Any) -> int:
+        n = super().readinto(buffer) or 0
+        CountingReads.read_total += n
+        return n
+
+
+def test_a_work_items_pages_cost_their_own_bytes_not_the_files(tmp_path: Path) -> None:
+    """A worker extracts only its item's pages: PDFium reads the cross-reference table and those
+    pages' objects, not the scans of other items."""
+    from tests.unit.test_chunkstore import scanned_pdf
+
+    pdf = scanned_pdf(tmp_path / "mixed.pdf", text_pages=12, scans=4)  # ~1 MB scans on pages 2, 4, 6, 8
+    size = pdf.stat().st_size
+
+    def bytes_read(pages: range | None) -> tuple[int, list[int]]:
+        CountingReads.read_total = 0
+        numbers = [p.number for p in iter_pdf_pages(lambda: CountingReads(pdf), pages=pages)]
+        return CountingReads.read_total, numbers
+
+    whole, every = bytes_read(None)
+    tail, numbers = bytes_read(range(8, 16))  # text pages 9-16: no scan among them
+    assert every == list(range(1, 17)) and numbers == list(range(9, 17))
+    assert whole >= 0.9 * size and tail < 0.05 * size, (whole, tail, size)
+    with pytest.raises(CorruptPdf, match="pages 15-18 asked of a 16-page PDF"):
+        list(iter_pdf_pages(lambda: pdf, pages=range(14, 18)))
 
 
 def test_pdf_opener_stream_closed_on_early_stop(multi_pdf: Path) -> None:
