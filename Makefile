@@ -11,7 +11,7 @@ EMULATOR := /usr/bin/qemu-x86_64
 CLUSTER ?= 1
 export UDS3_KAFKA_NODES := $(CLUSTER)
 
-.PHONY: venv model emulator up down status provision services-up services-down test unit integration e2e security lint demo bench chaos chaos-cluster clean
+.PHONY: venv model emulator ocr up down status provision services-up services-down test unit integration e2e security lint demo bench chaos chaos-cluster clean
 
 venv: $(VENV_STAMP)
 $(VENV_STAMP): requirements.lock requirements-model.txt pyproject.toml
@@ -30,6 +30,12 @@ emulator: $(EMULATOR)
 $(EMULATOR):
 	apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q qemu-user
 
+# Debian's Tesseract language data for OCR of scanned pages (the engine comes with tesserocr).
+TESSDATA := /usr/share/tesseract-ocr/5/tessdata
+ocr: $(TESSDATA)/deu.traineddata $(TESSDATA)/eng.traineddata
+$(TESSDATA)/%.traineddata:
+	apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q tesseract-ocr tesseract-ocr-deu tesseract-ocr-eng
+
 up: venv
 	bash infra/stack.sh up
 	$(PY) -m services.operator.provision
@@ -46,7 +52,7 @@ status:
 	-$(PY) -m services.cli.main services status
 
 REPLICAS ?= 1
-services-up: up model
+services-up: up model ocr
 	$(PY) -m services.cli.main services up --replicas $(REPLICAS)
 
 services-down:
@@ -56,32 +62,32 @@ lint: venv
 	.venv/bin/ruff check services tests bench
 	.venv/bin/mypy
 
-unit: venv model
+unit: venv model ocr
 	.venv/bin/pytest tests/unit -q
 
-integration: up model emulator
+integration: up model emulator ocr
 	.venv/bin/pytest tests/integration -q
 
-e2e: up model
+e2e: up model ocr
 	.venv/bin/pytest tests/e2e -q
 
-security: up model
+security: up model ocr
 	.venv/bin/pytest tests/security -q
 
-test: lint up model emulator
+test: lint up model emulator ocr
 	.venv/bin/pytest -q --durations=8
 
-demo: up model
+demo: up model ocr
 	$(PY) -m services.demo
 
-bench: up model emulator
+bench: up model emulator ocr
 	$(PY) -m bench.run
 
-chaos: up model
+chaos: up model ocr
 	$(PY) -m tests.e2e.chaos --sagas 50 --kills 200
 
 # Two replicas of every service on the 3-node cluster, chunks on the S3 server; services and brokers killed.
-chaos-cluster: model
+chaos-cluster: model ocr
 	UDS3_KAFKA_NODES=3 bash infra/stack.sh up
 	UDS3_KAFKA_NODES=3 $(PY) -m tests.e2e.chaos --sagas 50 --kills 200 --replicas 2 --broker-kills 10 \
 		--chunk-store s3

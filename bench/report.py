@@ -88,6 +88,13 @@ FIGURES: dict[str, tuple[str, str]] = {
         "by the workers. **Goals: 2 workers >= 1.8x faster than 1 in the vector phase; end to end <= 1.1x "
         "bare embedding / workers.**",
     ),
+    "ocr": (
+        "10. OCR of scanned pages",
+        "Character error rate of Tesseract (tesserocr, Debian's language data, `deu+eng`) on passages of English "
+        "and German prose scanned at 200 and 300 dpi, clean, noisy and turned; pages per second on one core; what a "
+        "picture (a noise page) costs; a scanned PDF end to end with one and two pinned vector workers. "
+        "**Goal: clean 300 dpi text <= 2 % character error rate.**",
+    ),
 }
 
 

@@ -22,7 +22,7 @@ from bench import env as bench_env
 from bench import report
 from services.core.config import Settings
 
-FIGURES = list(report.FIGURES)  # codec, upload, vector, large, small, stack, embedding, scans, fanout
+FIGURES = list(report.FIGURES)  # codec, upload, vector, large, small, stack, embedding, scans, fanout, ocr
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

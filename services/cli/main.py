@@ -25,7 +25,7 @@ from services.client import Client
 from services.core import messages, topics
 from services.core.config import Settings
 from services.core.errors import unreachable
-from services.core.events import TERMINAL_EVENTS, UPLOAD_PROGRESSED, VECTORS_PROGRESSED, Event
+from services.core.events import TERMINAL_EVENTS, UPLOAD_PROGRESSED, VECTORS_INDEXED, VECTORS_PROGRESSED, Event
 from services.core.saga import SAGA, STEPS
 from services.core.validation import DEFAULT_SECURITY_LEVEL, InvalidInput, uuid_id
 
@@ -171,7 +171,8 @@ def update_bars(bars: Progress, tasks: dict[str, Any], e: Event) -> None:
             tasks["Vectors"],
             total=vec.pages_total or None,
             completed=vec.pages_done,
-            info=f"{vec.chunks_done} chunks, {vec.chunks_per_second:.0f}/s",
+            info=f"{vec.chunks_done} chunks, {vec.chunks_per_second:.0f}/s"
+            + (f", {vec.pages_ocr} pages by OCR" if vec.pages_ocr else ""),
         )
     for step in SAGA:
         if e.event_type == step.success:
@@ -236,6 +237,10 @@ def saga_show(document_id: str, as_json: bool = typer.Option(False, "--json")) -
     )
     for step in STEPS:
         out.print(f"  {step:<11} {state.steps.get(step, '-')}")
+    indexed = next((m["payload"] for m in state.history if m["event_type"] == VECTORS_INDEXED), None)
+    if indexed:  # the pages read, those read by OCR (scans), and those with no text at all
+        out.print(f"  pages       {indexed['page_count']} read, {indexed.get('pages_ocr', 0)} by OCR, "
+                  f"{indexed['pages_without_text']} without text")
     for kind, p in state.progress.items():
         out.print(f"  progress {kind}: {json.dumps(p, default=str)}")
     for e in state.errors:
@@ -350,8 +355,9 @@ def search(
     query: str,
     k: int = typer.Option(5, "-k"),
     document: str | None = typer.Option(None, "--document", "-d", help="only this document's chunks"),
+    as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Top-k chunks for a query: document id, page and score."""
+    """Top-k chunks for a query: document id, page, score, and OCR's confidence for a scanned page."""
     from services.vector.adapters import VectorIndex
     from services.vector.embedding import load_embedder
 
@@ -364,17 +370,21 @@ def search(
         raise UserError(str(e)) from e
     embedder = load_embedder(settings.embedder, model_dir=settings.model_dir)  # type: ignore[arg-type]
     vector = embedder.embed([query])[0]
-    table = Table("score", "document", "page", "chunk", "text")
+    table = Table("score", "document", "page", "chunk", "ocr", "text")
     try:
         hits = index.search(vector.tolist(), k, document)
     finally:
         index.close()
+    if as_json:
+        print(json.dumps(hits, default=str, indent=2))
+        return
     for hit in hits:
         table.add_row(
             f"{hit['score']:.3f}",
             hit["document_id"],
             str(hit["page"]),
             str(hit["chunk"]),
+            f"{hit['ocr_confidence']:.0f}%" if hit.get("ocr") else "",  # read from a scan, with its confidence
             hit["text"][:70].replace("\n", " "),
         )
     out.print(table)

@@ -119,6 +119,12 @@ class Settings:
     embedder: str = field(default_factory=lambda: _env("UDS3_EMBEDDER", "int8"))  # int8, fp32 or cuda
     # The model's threads; 0: one per CPU this process may run on (a replica pinned to a core: one).
     embed_threads: int = field(default_factory=lambda: int(_env("UDS3_EMBED_THREADS", "0")))
+    # Scanned pages are read with Tesseract (services/vector/ocr.py): "off" turns it off.
+    ocr: bool = field(default_factory=lambda: _env("UDS3_OCR", "on") != "off")
+    ocr_langs: str = field(default_factory=lambda: _env("UDS3_OCR_LANGS", "deu+eng"))
+    ocr_dpi: int = field(default_factory=lambda: int(_env("UDS3_OCR_DPI", "300")))
+    # A page under an image with fewer characters than this in its text layer is read by OCR.
+    ocr_min_chars: int = field(default_factory=lambda: int(_env("UDS3_OCR_MIN_CHARS", "100")))
     # A PDF of more pages is fanned out: page ranges of this size that any vector process embeds.
     vector_item_pages: int = field(default_factory=lambda: int(_env("UDS3_VECTOR_ITEM_PAGES", "32")))
     model_dir: Path = field(

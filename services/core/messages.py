@@ -116,6 +116,7 @@ class VectorsProgressed(Payload):
     chunks_done: int
     chunks_per_second: float
     batch: int
+    pages_ocr: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -138,6 +139,7 @@ class VectorsIndexed(Payload):
     page_count: int
     pages_without_text: int
     embedding_model: str
+    pages_ocr: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)

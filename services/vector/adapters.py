@@ -85,7 +85,8 @@ class InMemoryVectors:
 
         found = [(cosine(row), row) for row in self.rows.values() if wanted in (None, row["document_id"])]
         found.sort(key=lambda pair: -pair[0])
-        return [{"score": score, **{f: row[f] for f in ("document_id", "page", "chunk", "text")}}
+        fields = ("document_id", "page", "chunk", "text", "ocr", "ocr_confidence")
+        return [{"score": score, **{f: row.get(f, False if f == "ocr" else 0.0) for f in fields}}
                 for score, row in found[:k]]
 
 
@@ -105,6 +106,7 @@ class VectorIndex:
     def __init__(self, uri: str, collection: str) -> None:
         self.uri, self.collection = uri, collection
         self.client: Any = None
+        self.fields: set[str] = set()  # the collection's: one made before OCR has no `ocr` fields
 
     @classmethod
     def of(cls, settings: Settings) -> VectorIndex:
@@ -141,6 +143,7 @@ class VectorIndex:
 
         if self.client.has_collection(self.collection):
             self.client.load_collection(self.collection)  # a reopened collection starts released
+            self._read_fields()
             return
         schema = MilvusClient.create_schema(auto_id=False)
         schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=80)
@@ -148,6 +151,8 @@ class VectorIndex:
         schema.add_field("page", DataType.INT64)
         schema.add_field("chunk", DataType.INT64)
         schema.add_field("text", DataType.VARCHAR, max_length=TEXT_MAX)
+        schema.add_field("ocr", DataType.BOOL, default_value=False)  # the chunk's first page was read by OCR
+        schema.add_field("ocr_confidence", DataType.FLOAT, default_value=0.0)  # Tesseract's mean word confidence
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=DIM)
         index = self.client.prepare_index_params()
         index.add_index(field_name="vector", index_type="AUTOINDEX", metric_type="COSINE")
@@ -157,8 +162,16 @@ class VectorIndex:
             if not self.client.has_collection(self.collection):  # else another replica made it first
                 raise
             self.client.load_collection(self.collection)
+        self._read_fields()
+
+    def _read_fields(self) -> None:
+        # milvus-lite's server cannot add a field to a collection: an older one keeps its fields
+        # and gets none of the OCR provenance (a new collection, or UDS3_MILVUS_COLLECTION, has it).
+        self.fields = {f["name"] for f in self.client.describe_collection(self.collection)["fields"]}
 
     def upsert(self, rows: list[dict[str, Any]]) -> None:
+        if not {"ocr", "ocr_confidence"} <= self.fields:
+            rows = [{k: v for k, v in row.items() if k in self.fields} for row in rows]
         try:
             self.client.upsert(self.collection, rows)
         except Exception as e:
@@ -195,6 +208,6 @@ class VectorIndex:
             [vector],
             limit=k,
             filter=_of_document(document_id) if document_id else "",
-            output_fields=["document_id", "page", "chunk", "text"],
+            output_fields=["document_id", "page", "chunk", "text", *({"ocr", "ocr_confidence"} & self.fields)],
         )
-        return [{"score": h["distance"], **h["entity"]} for h in hits[0]]
+        return [{"score": h["distance"], "ocr": False, "ocr_confidence": 0.0, **h["entity"]} for h in hits[0]]

@@ -9,19 +9,16 @@ The ledger (`vector.item_plans`, `vector.items`, PostgreSQL) is what the workers
 * the fence: a worker writes each batch of vectors while it holds the plan row FOR SHARE, and
   an undo sets `fenced` first, which waits for those batches; after it no item writes again, so
   no vector appears after the document's vectors were deleted.
-
-`InMemoryItems` is the same contract in a dict, for tests of the step's own logic.
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from services.core.pg import PgStore
+from services.vector.ocr import Reading
 
 
 def plan_items(pages: int, item_pages: int) -> list[range]:
@@ -56,6 +53,7 @@ class Totals:
     chunks: int
     pages: int
     pages_without_text: int
+    pages_ocr: int
     seconds: float  # since the plan was made
 
     @property
@@ -69,14 +67,19 @@ class Items(Protocol):
     def plan(self, document_id: str, items: int, pages: int, item_pages: int) -> None: ...
     def state(self, document_id: str, item: int) -> ItemState | None: ...
     def write_batch(self, document_id: str, item: int, chunks_done: int, write: Callable[[], None]) -> None: ...
-    def finish(self, document_id: str, item: int, chunks: int, pages: int, pages_without_text: int) -> Totals: ...
+    def finish(self, document_id: str, item: int, chunks: int, pages: int, pages_without_text: int,
+               pages_ocr: int) -> Totals: ...
     def totals(self, document_id: str) -> Totals | None: ...
     def fence(self, document_id: str) -> bool: ...
+    def reading(self, document_id: str, page: int) -> Reading | None: ...
+    def remember(self, document_id: str, page: int, reading: Reading) -> None: ...
+    def forget_readings(self, document_id: str) -> int: ...
 
 
 _TOTALS = ("SELECT p.items, count(*) FILTER (WHERE i.done), coalesce(sum(i.chunks_done) FILTER (WHERE i.done), 0), "
            "coalesce(sum(i.pages_done) FILTER (WHERE i.done), 0), "
            "coalesce(sum(i.pages_without_text) FILTER (WHERE i.done), 0), "
+           "coalesce(sum(i.pages_ocr) FILTER (WHERE i.done), 0), "
            "extract(epoch FROM now() - p.planned_at)::float8 "
            "FROM vector.item_plans p JOIN vector.items i USING (document_id) "
            "WHERE p.document_id = %s GROUP BY p.items, p.planned_at")
@@ -112,14 +115,15 @@ class ItemLedger(PgStore):
             conn.execute("UPDATE vector.items SET chunks_done = %s WHERE document_id = %s AND item = %s",
                          (chunks_done, document_id, item))
 
-    def finish(self, document_id: str, item: int, chunks: int, pages: int, pages_without_text: int) -> Totals:
+    def finish(self, document_id: str, item: int, chunks: int, pages: int, pages_without_text: int,
+               pages_ocr: int) -> Totals:
         """Marks the item done (finishers take turns on the plan row) and returns the totals."""
         with self._transaction("finish item") as conn:
             _unfenced(conn.execute("SELECT fenced FROM vector.item_plans WHERE document_id = %s FOR UPDATE",
                                    (document_id,)).fetchone())
             conn.execute("UPDATE vector.items SET done = true, chunks_done = %s, pages_done = %s, "
-                         "pages_without_text = %s WHERE document_id = %s AND item = %s",
-                         (chunks, pages, pages_without_text, document_id, item))
+                         "pages_without_text = %s, pages_ocr = %s WHERE document_id = %s AND item = %s",
+                         (chunks, pages, pages_without_text, pages_ocr, document_id, item))
             row = conn.execute(_TOTALS, (document_id,)).fetchone()
             assert row is not None, "a plan that is not fenced has items"
             return Totals(*row)
@@ -137,70 +141,23 @@ class ItemLedger(PgStore):
                                 (document_id,)).rowcount > 0
 
 
+    # --- OCR readings: a cache a resumed item reads back (part of the document's vector data) ---
+    def reading(self, document_id: str, page: int) -> Reading | None:
+        with self._transaction("read OCR reading") as conn:
+            row = conn.execute("SELECT text, confidence FROM vector.ocr_pages WHERE document_id = %s AND page = %s",
+                               (document_id, page)).fetchone()
+        return Reading(row[0], float(row[1])) if row else None
+
+    def remember(self, document_id: str, page: int, reading: Reading) -> None:
+        with self._transaction("remember OCR reading") as conn:
+            conn.execute("INSERT INTO vector.ocr_pages (document_id, page, text, confidence) VALUES (%s, %s, %s, %s) "
+                         "ON CONFLICT DO NOTHING", (document_id, page, reading.text, reading.confidence))
+
+    def forget_readings(self, document_id: str) -> int:
+        with self._transaction("forget OCR readings") as conn:
+            return conn.execute("DELETE FROM vector.ocr_pages WHERE document_id = %s", (document_id,)).rowcount
+
+
 def _unfenced(row: Any) -> None:
     if row is None or row[0]:
         raise Fenced("the document's vectors are undone: no item writes again")
-
-
-class InMemoryItems:
-    """The same contract in memory; one lock stands in for the plan row's."""
-
-    def __init__(self) -> None:
-        self.plans: dict[str, dict[str, Any]] = {}
-        self.rows: dict[tuple[str, int], dict[str, Any]] = {}
-        self.lock = threading.RLock()
-
-    def open(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-    def plan(self, document_id: str, items: int, pages: int, item_pages: int) -> None:
-        with self.lock:
-            if document_id not in self.plans:
-                self.plans[document_id] = {"items": items, "pages": pages, "item_pages": item_pages, "fenced": False}
-                for n in range(items):
-                    self.rows[(document_id, n)] = {"chunks_done": 0, "pages_done": 0, "pages_without_text": 0,
-                                                   "done": False}
-
-    def state(self, document_id: str, item: int) -> ItemState | None:
-        plan, row = self.plans.get(document_id), self.rows.get((document_id, item))
-        if plan is None or row is None:
-            return None
-        return ItemState(plan["fenced"], plan["items"], plan["pages"], plan["item_pages"], row["chunks_done"],
-                         row["done"])
-
-    @contextmanager
-    def _unfenced(self, document_id: str) -> Iterator[None]:
-        with self.lock:
-            _unfenced((self.plans[document_id]["fenced"],) if document_id in self.plans else None)
-            yield
-
-    def write_batch(self, document_id: str, item: int, chunks_done: int, write: Callable[[], None]) -> None:
-        with self._unfenced(document_id):
-            write()
-            self.rows[(document_id, item)]["chunks_done"] = chunks_done
-
-    def finish(self, document_id: str, item: int, chunks: int, pages: int, pages_without_text: int) -> Totals:
-        with self._unfenced(document_id):
-            self.rows[(document_id, item)].update(chunks_done=chunks, pages_done=pages,
-                                                  pages_without_text=pages_without_text, done=True)
-            totals = self.totals(document_id)
-            assert totals is not None
-            return totals
-
-    def totals(self, document_id: str) -> Totals | None:
-        plan = self.plans.get(document_id)
-        if plan is None:
-            return None
-        done = [r for (d, _), r in self.rows.items() if d == document_id and r["done"]]
-        return Totals(plan["items"], len(done), sum(r["chunks_done"] for r in done),
-                      sum(r["pages_done"] for r in done), sum(r["pages_without_text"] for r in done), 0.0)
-
-    def fence(self, document_id: str) -> bool:
-        with self.lock:
-            if document_id not in self.plans:
-                return False
-            self.plans[document_id]["fenced"] = True
-            return True

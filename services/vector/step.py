@@ -41,6 +41,7 @@ from services.core.validation import PDF, TEXT
 from services.vector.adapters import TEXT_MAX, VectorIndex, Vectors, chunk_key
 from services.vector.embedding import Embedder, load_embedder
 from services.vector.items import Fenced, ItemLedger, Items, Totals, plan_items
+from services.vector.ocr import Ocr
 from services.vector.text import (
     Chunk,
     CorruptPdf,
@@ -58,26 +59,29 @@ logger = logging.getLogger("vector")
 
 
 class Piece(NamedTuple):
-    """A chunk on its way to the index: its place in the document's stream (for resume) and
-    the work item it belongs to (for its id)."""
+    """A chunk on its way to the index: its place in the document's stream (for resume), the
+    work item it belongs to (for its id), and OCR's confidence when its first page was a scan."""
 
     ordinal: int
     item: int
     chunk: Chunk
+    ocr_confidence: float | None = None
 
 
 class VectorStep(Step):
     service = "vector"
 
-    def __init__(self, chunks: Chunks, vectors: Vectors, embedder: Embedder, items: Items | None = None) -> None:
-        self.chunks, self.vectors, self.embedder, self.items = chunks, vectors, embedder, items
+    def __init__(self, chunks: Chunks, vectors: Vectors, embedder: Embedder, items: Items | None = None,
+                 ocr: Ocr | None = None) -> None:
+        self.chunks, self.vectors, self.embedder, self.items, self.ocr = chunks, vectors, embedder, items, ocr
 
     @classmethod
     def from_settings(cls, settings: Settings) -> VectorStep:
         embedder = load_embedder(settings.embedder, threads=settings.embed_threads or None,  # type: ignore[arg-type]
                                  model_dir=settings.model_dir)
         items = ItemLedger(settings.pg_dsn(*settings.service_role(cls.service)))
-        return cls(chunks_of(settings), VectorIndex.of(settings), embedder, items)
+        ocr = Ocr(settings.ocr_langs, settings.ocr_dpi, settings.ocr_min_chars) if settings.ocr else None
+        return cls(chunks_of(settings), VectorIndex.of(settings), embedder, items, ocr)
 
     def start(self) -> None:
         self.vectors.open()
@@ -88,6 +92,8 @@ class VectorStep(Step):
         self.vectors.close()
         if self.items is not None:
             self.items.close()
+        if self.ocr is not None:
+            self.ocr.close()
 
     # --- the saga step: inline, or planned as work items ------------------------------------
     def handle(self, event: Event, log: StepLog, ctx: Context) -> None:
@@ -117,14 +123,14 @@ class VectorStep(Step):
             log.emit_event(event.follow(
                 VECTORS_PROGRESSED, self.service, seq=batch_no, pages_done=stats.pages, pages_total=stats.pages_total,
                 chunks_done=batch[-1].ordinal + 1, chunks_per_second=stats.embedded(len(batch)) / elapsed,
-                batch=batch_no))
+                batch=batch_no, pages_ocr=stats.pages_ocr))
             ctx.checkpoint(log)
 
         whole: list[range | None] = list(ranges) if ranges else [None]
         pieces = self._pieces(doc, whole, stats, ctx.settings)
         count = self._embed(doc, pieces, done, ctx, upsert=lambda rows, _done: self.vectors.upsert(rows),
                             after=checkpoint)
-        log.emit_event(self._indexed(event, count, stats.pages, stats.pages_without_text))
+        log.emit_event(self._indexed(event, count, stats.pages, stats.pages_without_text, stats.pages_ocr))
 
     def _page_count(self, document_id: str, log: StepLog) -> int:
         """Pages of a PDF, 0 for plain text (one item, read in blocks)."""
@@ -140,9 +146,9 @@ class VectorStep(Step):
         except UnreadableDocument as e:
             raise PermanentError(_reason(e)) from e
 
-    def _indexed(self, trigger: Event, chunks: int, pages: int, pages_without_text: int) -> Event:
+    def _indexed(self, trigger: Event, chunks: int, pages: int, pages_without_text: int, pages_ocr: int) -> Event:
         return trigger.follow(VECTORS_INDEXED, self.service, collection=self.vectors.collection, chunk_count=chunks,
-                              page_count=pages, pages_without_text=pages_without_text,
+                              page_count=pages, pages_without_text=pages_without_text, pages_ocr=pages_ocr,
                               embedding_model=self.embedder.name)
 
     # --- one work item, in any vector process ------------------------------------------------
@@ -167,7 +173,7 @@ class VectorStep(Step):
                 ledger = self.items
                 count = self._embed(doc, pieces, state.chunks_done, ctx, upsert=lambda rows, done: ledger.write_batch(
                     doc, n, done, lambda: self.vectors.upsert(rows)))
-                totals = self.items.finish(doc, n, count, stats.pages, stats.pages_without_text)
+                totals = self.items.finish(doc, n, count, stats.pages, stats.pages_without_text, stats.pages_ocr)
         except Fenced:
             logs.info(logger, "item stopped", doc=doc, item=n, why="fenced")
             return
@@ -186,11 +192,13 @@ class VectorStep(Step):
             progress = trigger.follow(
                 VECTORS_PROGRESSED, self.service, seq=totals.items_done, pages_done=totals.pages,
                 pages_total=_pages_of(log, totals), chunks_done=totals.chunks,
-                chunks_per_second=totals.chunks / max(totals.seconds, 1e-6), batch=totals.items_done)
+                chunks_per_second=totals.chunks / max(totals.seconds, 1e-6), batch=totals.items_done,
+                pages_ocr=totals.pages_ocr)
             if not log.knows(progress.event_id):
                 log.emit_event(progress)
             if totals.complete:
-                log.emit_event(self._indexed(trigger, totals.chunks, totals.pages, totals.pages_without_text))
+                log.emit_event(self._indexed(trigger, totals.chunks, totals.pages, totals.pages_without_text,
+                                             totals.pages_ocr))
                 log.mark_processed(trigger.event_id)
             try:
                 ctx.checkpoint(log)
@@ -205,12 +213,13 @@ class VectorStep(Step):
         def opener() -> Any:
             return self.chunks.open(document_id)
 
+        ocr = self.ocr.for_document(document_id, self.items) if self.ocr else None
         ordinal = 0
         for n, pages in enumerate(ranges, start=first_item):
-            source = iter_pdf_pages(opener, pages=pages) if pages is not None else _text_pages(opener())
+            source = iter_pdf_pages(opener, pages=pages, ocr=ocr) if pages is not None else _text_pages(opener())
             for chunk in chunk_pages(stats.count(source), size=settings.text_chunk_chars,
                                      overlap=settings.text_chunk_overlap):
-                yield Piece(ordinal, n, chunk)
+                yield Piece(ordinal, n, chunk, stats.ocr_confidence(chunk.page))
                 ordinal += 1
 
     def _embed(self, document_id: str, pieces: Iterator[Piece], done: int, ctx: Context,
@@ -241,6 +250,8 @@ class VectorStep(Step):
         if self.items is not None:
             self.items.fence(log.document_id)
         removed = self.vectors.delete_document(log.document_id)
+        if self.items is not None:
+            self.items.forget_readings(log.document_id)  # what OCR read of its scans
         return Undone(f"deleted {removed} vectors", removed)
 
 
@@ -261,7 +272,9 @@ class _Stats:
         self.pages = 0
         self.pages_total = pages_total  # 0: not known ahead (a text file's blocks)
         self.pages_without_text = 0
+        self.pages_ocr = 0
         self.chunks = 0
+        self._confidence: dict[int, float] = {}  # OCR'd pages not yet behind the chunk being made
 
     def count(self, pages: Iterator[Any]) -> Iterator[Any]:
         for page in pages:
@@ -269,7 +282,16 @@ class _Stats:
             self.pages_total = max(self.pages_total, self.pages)
             if not page.has_text:
                 self.pages_without_text += 1
+            if getattr(page, "ocr", False):
+                self.pages_ocr += 1
+                self._confidence[page.number] = page.confidence
             yield page
+
+    def ocr_confidence(self, page: int) -> float | None:
+        """OCR's confidence of a chunk's first page, if OCR read it; forgets the pages before it."""
+        for done in [p for p in self._confidence if p < page]:
+            del self._confidence[done]
+        return self._confidence.get(page)
 
     def embedded(self, n: int) -> int:
         self.chunks += n
@@ -342,5 +364,7 @@ def _row(document_id: str, piece: Piece, vector: Any) -> dict[str, Any]:
         "page": piece.chunk.page,
         "chunk": piece.chunk.index,
         "text": piece.chunk.text[:TEXT_MAX],
+        "ocr": piece.ocr_confidence is not None,
+        "ocr_confidence": piece.ocr_confidence or 0.0,
         "vector": vector.tolist(),
     }

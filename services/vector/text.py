@@ -20,11 +20,15 @@ import os
 import re
 import threading
 from collections.abc import Callable, Generator, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import pypdfium2 as pdfium
 import pypdfium2.raw as pdfium_c
+
+if TYPE_CHECKING:
+    from services.vector.ocr import DocumentOcr
 
 # What the opener returns: a filesystem path, or a readable + seekable binary stream.
 # A stream returned by the opener is owned (and closed) by this module.
@@ -37,6 +41,8 @@ class Page:
     number: int  # 1-based
     text: str
     has_text: bool
+    ocr: bool = False  # the text was read from the page's image (a scan)
+    confidence: float = 0.0  # OCR's mean word confidence, 0-100
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,23 +129,51 @@ class _OpenPdf:
     def bytes_read(self) -> int:
         return self._stream.bytes_read if self._stream is not None else 0
 
-    def page_text(self, index: int) -> str:
-        with _PDFIUM:
-            return self._page_text(index)
+    def page(self, index: int, ocr: DocumentOcr | None = None) -> Page:
+        """The page's text layer or, for a scan when `ocr` is given, what OCR reads in it (or
+        read before, for this document). Tesseract runs outside the PDFium lock: another thread
+        may extract meanwhile."""
+        number = index + 1
+        with _calling_pdfium(number):
+            text, scan = self._text(index, ocr)
+        if scan and ocr is not None:
+            reading = ocr.known(number)
+            if reading is None:
+                with _calling_pdfium(number):
+                    image = self._render(index, ocr.dpi)
+                reading = ocr.read(number, image) if image is not None else None
+            if reading is not None:
+                return Page(number, reading.text, bool(reading.text.strip()), ocr=True, confidence=reading.confidence)
+        return Page(number, text, bool(text.strip()))
 
-    def _page_text(self, index: int) -> str:
+    def _text(self, index: int, ocr: DocumentOcr | None) -> tuple[str, bool]:
+        """The page's text layer, and whether it is a scan OCR should read."""
+        page = self._load(index)
         try:
-            page = self.doc[index]
+            textpage = page.get_textpage()
             try:
-                textpage = page.get_textpage()
-                try:
-                    return textpage.get_text_bounded()  # full Unicode (get_text_range is UCS-2)
-                finally:
-                    textpage.close()
+                text: str = textpage.get_text_bounded()  # full Unicode (get_text_range is UCS-2)
             finally:
-                page.close()
-        except pdfium.PdfiumError as exc:
-            raise CorruptPdf(f"page {index + 1} cannot be read: {exc}") from exc
+                textpage.close()
+            return text, ocr is not None and ocr.wants(text, _image_cover(page))
+        finally:
+            page.close()
+
+    def _render(self, index: int, dpi: int) -> Any:
+        """The page in grey at `dpi`, or None when its thumbnail shows a picture, not print (a
+        photo or noise costs one thumbnail, never a Tesseract run)."""
+        from services.vector.ocr import THUMB_DPI, is_picture
+
+        page = self._load(index)
+        try:
+            if is_picture(page.render(scale=THUMB_DPI / 72, grayscale=True).to_pil()):
+                return None
+            return page.render(scale=dpi / 72, grayscale=True).to_pil()
+        finally:
+            page.close()
+
+    def _load(self, index: int) -> Any:
+        return self.doc[index]
 
     def _close_stream(self) -> None:
         if self._stream is not None:
@@ -150,6 +184,28 @@ class _OpenPdf:
         with _PDFIUM:
             self.doc.close()
         self._close_stream()
+
+
+@contextmanager
+def _calling_pdfium(number: int) -> Iterator[None]:
+    """One caller in PDFium at a time; what it cannot read of a page is a corrupt PDF."""
+    with _PDFIUM:
+        try:
+            yield
+        except pdfium.PdfiumError as exc:
+            raise CorruptPdf(f"page {number} cannot be read: {exc}") from exc
+
+
+def _image_cover(page: Any) -> float:
+    """The share of the page under its largest image (0 when it has none)."""
+    width, height = page.get_size()
+    largest = 0.0
+    for image in page.get_objects(filter=(pdfium_c.FPDF_PAGEOBJ_IMAGE,), max_depth=2):
+        left, bottom, right, top = image.get_bounds()
+        w = max(0.0, min(right, width) - max(left, 0.0))
+        h = max(0.0, min(top, height) - max(bottom, 0.0))
+        largest = max(largest, w * h)
+    return largest / (width * height) if width and height else 0.0
 
 
 def page_count(opener: Opener) -> int:
@@ -165,7 +221,8 @@ REOPEN_BYTES = 32 * 1024 * 1024
 
 
 def iter_pdf_pages(
-    opener: Opener, reopen_every: int = 1000, reopen_bytes: int = REOPEN_BYTES, pages: range | None = None
+    opener: Opener, reopen_every: int = 1000, reopen_bytes: int = REOPEN_BYTES, pages: range | None = None,
+    ocr: DocumentOcr | None = None,
 ) -> Generator[Page, None, None]:
     """Yield every page of the PDF in order (or those of ``pages``, 0-based indexes: a work
     item's), reopening the document every ``reopen_every`` pages and whenever ``reopen_bytes`` have
@@ -174,8 +231,9 @@ def iter_pdf_pages(
 
     ``opener`` is called once per (re)open and must return the same document each time: a path
     or a fresh readable+seekable binary stream (which is closed here). A page without a text
-    layer (scanned image) is yielded with ``has_text=False``. Closing the generator early closes
-    the document.
+    layer (scanned image) is yielded with ``has_text=False``, unless ``ocr`` is given and the
+    page is a scan that may hold text: then it is rendered (one page at a time) and its text is
+    what Tesseract reads (``ocr=True``). Closing the generator early closes the document.
     """
     if reopen_every < 1:
         raise ValueError("reopen_every must be >= 1")
@@ -193,8 +251,7 @@ def iter_pdf_pages(
                 pdf = _OpenPdf(opener)
                 if len(pdf) != total:
                     raise CorruptPdf(f"page count changed on reopen ({total} -> {len(pdf)})")
-            text = pdf.page_text(index)
-            yield Page(number=index + 1, text=text, has_text=bool(text.strip()))
+            yield pdf.page(index, ocr)
     finally:
         pdf.close()
 

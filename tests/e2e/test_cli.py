@@ -124,7 +124,7 @@ async def test_async_client_submit_progress_wait_and_subscribe(services: Service
                 streamed = e
                 break
     # Steps and progress come from two topics: each is in order, their interleaving is not.
-    assert "DocumentSubmitted" in seen and seen[-1] == "DocumentCompleted"
+    assert "DocumentSubmitted" in seen and seen[-1] == "DocumentCompleted", seen
     assert "VectorsIndexed" in seen
     # Progress travels on its own topic and may trail the terminal event: check it was recorded.
     assert "UploadProgressed" in SagaReader().state(sub.document_id).progress

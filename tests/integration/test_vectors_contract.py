@@ -45,8 +45,16 @@ def test_rows_are_counted_and_found_by_their_vector(vectors: Vectors) -> None:
     assert (vectors.count(doc), vectors.count(other)) == (4, 2)
     best = vectors.search(axis(2), k=1)[0]
     assert (best["document_id"], best["chunk"], best["page"], best["text"]) == (doc, 2, 2, f"{doc} 2")
+    assert (best["ocr"], best["ocr_confidence"]) == (False, 0.0)  # not given: a typed page
     assert best["score"] == pytest.approx(1.0, abs=1e-3)
     assert {h["document_id"] for h in vectors.search(axis(2), k=10, document_id=other)} == {other}
+
+
+def test_a_chunk_read_by_ocr_says_so_with_its_confidence(vectors: Vectors) -> None:
+    doc = str(uuid.uuid4())
+    vectors.upsert([{**row, "ocr": True, "ocr_confidence": 91.5} for row in rows(doc, range(7, 8))])
+    (hit,) = vectors.search(axis(7), k=1, document_id=doc)
+    assert (hit["ocr"], hit["ocr_confidence"]) == (True, pytest.approx(91.5))
 
 
 def test_an_upsert_of_the_same_keys_replaces_them(vectors: Vectors) -> None:
