@@ -11,7 +11,7 @@ EMULATOR := /usr/bin/qemu-x86_64
 CLUSTER ?= 1
 export UDS3_KAFKA_NODES := $(CLUSTER)
 
-.PHONY: venv model emulator ocr up down status provision services-up services-down test unit integration e2e security lint demo bench chaos chaos-cluster clean
+.PHONY: venv model emulator ocr browser prometheus up down status provision services-up services-down test unit integration e2e security lint demo bench chaos chaos-cluster clean
 
 venv: $(VENV_STAMP)
 $(VENV_STAMP): requirements.lock requirements-model.txt pyproject.toml
@@ -35,6 +35,19 @@ TESSDATA := /usr/share/tesseract-ocr/5/tessdata
 ocr: $(TESSDATA)/deu.traineddata $(TESSDATA)/eng.traineddata
 $(TESSDATA)/%.traineddata:
 	apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q tesseract-ocr tesseract-ocr-deu tesseract-ocr-eng
+
+# Optional profile: Debian's Prometheus scraping the local services (http://127.0.0.1:19090; tests use the package).
+PROMETHEUS := /usr/bin/prometheus
+$(PROMETHEUS):
+	apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q prometheus
+prometheus: up $(PROMETHEUS)
+	bash infra/prometheus.sh up
+
+# Debian's headless Chromium and its driver: the console's browser tests (tests/e2e/test_console.py).
+CHROMEDRIVER := /usr/bin/chromedriver
+browser: $(CHROMEDRIVER)
+$(CHROMEDRIVER):
+	apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver
 
 up: venv
 	bash infra/stack.sh up
@@ -68,13 +81,13 @@ unit: venv model ocr
 integration: up model emulator ocr
 	.venv/bin/pytest tests/integration -q
 
-e2e: up model ocr
+e2e: up model ocr browser $(PROMETHEUS)
 	.venv/bin/pytest tests/e2e -q
 
 security: up model ocr
 	.venv/bin/pytest tests/security -q
 
-test: lint up model emulator ocr
+test: lint up model emulator ocr browser $(PROMETHEUS)
 	.venv/bin/pytest -q --durations=8
 
 demo: up model ocr

@@ -427,6 +427,24 @@ def services_status() -> None:
         out.print(f"{name:<14} running pid {pid}{endpoint}")
 
 
+@app.command()
+@friendly
+def console(
+    host: str = typer.Option("127.0.0.1", help="the address to serve on (keep it local, or put TLS in front)"),
+    port: int = typer.Option(8088),
+) -> None:
+    """A live web console: sagas, one saga's timeline, dead letters (re-drive needs
+    UDS3_CONSOLE_TOKEN), search."""
+    import uvicorn
+
+    from services.console.app import create_app
+
+    token = os.environ.get("UDS3_CONSOLE_TOKEN") or None
+    err.print(f"console on http://{host}:{port}/ ({'re-drive allowed with the token' if token else 'read only'})")
+    # Live pages hold a stream open: a stop waits 2 s for them, not forever.
+    uvicorn.run(create_app(Settings(), token), host=host, port=port, log_level="warning", timeout_graceful_shutdown=2)
+
+
 def _known_state(document_id: str) -> Any:
     state = _reader().state(uuid_id("document id", document_id))
     if not state.history:

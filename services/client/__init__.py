@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.structs import ConsumerRecord
 
 from services.core import codec, topics, tracing, validation
 from services.core.config import Settings
@@ -144,11 +145,19 @@ class Client:
             await self.producer.send_and_wait(topic.name, data, key=event.document_id.encode())
 
     async def progress(self, document_id: str, since_ms: int | None = None) -> AsyncIterator[Event]:
-        """Every event of the document (steps and progress) until its terminal event."""
-        async for event in self._follow([*topics.SAGA_TOPICS, *topics.PROGRESS_TOPICS], since_ms, document_id):
+        """Every event of the document (steps and progress), its terminal event last. Events of
+        different topics arrive in no fixed order, so once the terminal event is read the rest of
+        every topic, up to its end at that moment, is read too: a saga that ended before the
+        stream caught up still shows all its steps."""
+        async for event in self._follow([*topics.SAGA_TOPICS, *topics.PROGRESS_TOPICS], since_ms, document_id,
+                                        until_terminal=True):
             yield event
-            if event.event_type in TERMINAL_EVENTS:
-                return
+
+    async def watch(self, since_ms: int | None = None) -> AsyncIterator[Event]:
+        """Every event of every document (steps and progress) from `since_ms` on, endlessly
+        (what a live view follows)."""
+        async for event in self._follow([*topics.SAGA_TOPICS, *topics.PROGRESS_TOPICS], since_ms, None):
+            yield event
 
     async def wait(self, document_id: str, since_ms: int | None = None) -> Event:
         """The document's terminal event: DocumentCompleted, DocumentCompensated or CompensationFailed."""
@@ -189,7 +198,7 @@ class Client:
             await consumer.stop()
 
     async def _follow(
-        self, follow: list[topics.Topic], since_ms: int | None, document_id: str | None
+        self, follow: list[topics.Topic], since_ms: int | None, document_id: str | None, until_terminal: bool = False
     ) -> AsyncIterator[Event]:
         # "earliest": with "latest", the reset still in flight after assign() can override our seek.
         consumer = AIOKafkaConsumer(
@@ -208,16 +217,31 @@ class Client:
             consumer.assign(parts)
             await _seek_to_time(consumer, parts, since_ms)
             async for record in consumer:
-                if document_id and record.key is not None and record.key.decode() != document_id:
+                event = _of(record, document_id)
+                if event is None:
                     continue
-                try:
-                    event = codec.decode(record.value)
-                except codec.UndecodableEvent:
-                    continue
-                if document_id is None or event.document_id == document_id:
+                if until_terminal and event.event_type in TERMINAL_EVENTS:
+                    ends = await consumer.end_offsets(parts)
+                    while pending := [tp for tp in parts if await consumer.position(tp) < ends[tp]]:
+                        for records in (await consumer.getmany(*pending, timeout_ms=500)).values():
+                            for earlier in filter(None, (_of(r, document_id) for r in records)):
+                                yield earlier
                     yield event
+                    return
+                yield event
         finally:
             await consumer.stop()
+
+
+def _of(record: ConsumerRecord, document_id: str | None) -> Event | None:
+    """The record's event, if it is one of the document's (None: another's, or not an event)."""
+    if document_id and record.key is not None and record.key.decode() != document_id:
+        return None
+    try:
+        event = codec.decode(record.value)
+    except codec.UndecodableEvent:
+        return None
+    return event if document_id is None or event.document_id == document_id else None
 
 
 async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
