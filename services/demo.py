@@ -25,6 +25,7 @@ from services.client import Client
 from services.core.config import Settings
 from services.operator import access
 from services.processes import running_detached, start_all, stop_all
+from services.vector.text import best_sentence
 
 KNOWN_PASSAGE = (
     "The harbour master's ledger records that the steamship Aurora arrived on 3 March 1921 "
@@ -113,12 +114,6 @@ async def ingest(path: Path, size: int) -> tuple[int, str]:
         show_terminal(terminal)
         print(f"end to end: {time.monotonic() - started:.1f} s")
         return 0 if terminal.event_type == "DocumentCompleted" else 1, sub.document_id
-
-
-def best_sentence(text: str, query: str) -> str:
-    """The sentence of a hit that shares the most words with the query (what a reader looks for)."""
-    asked = set(query.lower().replace("?", "").split())
-    return max(text.split(". "), key=lambda s: len(asked & set(s.lower().split())))
 
 
 def search(document_id: str) -> None:

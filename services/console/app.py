@@ -134,11 +134,12 @@ def create_app(settings: Settings | None = None, token: str | None = None) -> St
 def _search(settings: Settings, query: str) -> list[dict[str, Any]]:
     from services.vector.adapters import VectorIndex
     from services.vector.embedding import load_embedder
+    from services.vector.text import best_sentence
 
     vector = load_embedder(settings.embedder, model_dir=settings.model_dir).embed([query])[0]  # type: ignore[arg-type]
     index = VectorIndex.of(settings).open()
     try:
-        return index.search(vector.tolist(), k=5)
+        return [{**hit, "sentence": best_sentence(hit["text"], query)} for hit in index.search(vector.tolist(), k=5)]
     finally:
         index.close()
 

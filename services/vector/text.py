@@ -294,6 +294,13 @@ _LINE_HYPHEN = re.compile(r"[\u0002\ufffe\u00ad]\s*")
 _CONTROL = re.compile(r"[\u0000-\u0008\u000e-\u001f\u007f\ufeff\uffff]")
 
 
+def best_sentence(text: str, query: str) -> str:
+    """The sentence of a chunk that shares the most words with a query (what a reader looks for
+    in a search hit)."""
+    asked = set(query.lower().replace("?", "").split())
+    return max(text.split(". "), key=lambda s: len(asked & set(s.lower().split())))
+
+
 def normalize_text(text: str) -> str:
     """Join words hyphenated at line ends, drop control chars, collapse all whitespace to one space."""
     text = _CONTROL.sub("", _LINE_HYPHEN.sub("", text))

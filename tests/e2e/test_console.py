@@ -179,3 +179,29 @@ def test_a_dead_letter_is_redriven_from_the_page(console: str, browser: object, 
         return []
 
     assert asyncio.run(parked_again())
+
+
+def test_search_shows_the_page_and_the_sentence(console: str, browser: object, run_dir: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    planted = "The ferry Nordlicht left Kiel at dawn with forty barrels of herring for the market at Lübeck."
+    pages = [paragraph(120 + p, 1500) for p in range(6)]
+    pages[4] = paragraph(125, 600) + ". " + planted
+    pdf = pdf_file(run_dir, "console-search.pdf", pages)
+
+    async def ingest() -> str:
+        async with Client() as client:
+            sub = await client.submit(pdf, title="console search")
+            assert (await client.wait(sub.document_id, sub.submitted_at_ms)).event_type == "DocumentCompleted"
+            return sub.document_id
+
+    doc = asyncio.run(ingest())
+    driver: object = browser
+    driver.get(f"{console}#/search")  # type: ignore[attr-defined]
+    box = until(lambda: driver.find_element(By.ID, "q"), 30, "the search box")  # type: ignore[attr-defined]
+    box.send_keys("Which ferry left Kiel with barrels of herring?")  # type: ignore[attr-defined]
+    driver.find_element(By.CSS_SELECTOR, "#search button").click()  # type: ignore[attr-defined]
+    first = until(lambda: driver.find_elements(By.CSS_SELECTOR, "#hits tr")[1], 60, "a hit")  # type: ignore[attr-defined]
+    assert doc[:8] in first.text and first.find_element(By.CSS_SELECTOR, ".page").text == "5", first.text  # type: ignore[attr-defined]
+    assert "Nordlicht left Kiel" in first.find_element(By.CSS_SELECTOR, ".sentence").text  # type: ignore[attr-defined]
+    driver.save_screenshot(str(run_dir / "console" / "search.png"))  # type: ignore[attr-defined]
