@@ -166,7 +166,10 @@ class Runtime:
         self.positions: dict[TopicPartition, int | None] = {}
         self.group = f"{topics.PREFIX}-{step.service}"  # one consumer group per service
         self._flush_queued = threading.Event()
+        self._unpublished, self._flushed_at = False, 0.0  # what the consume loop recorded since its last flush
         self._open: set[str] = set()  # documents this step worked on whose saga has not ended (metrics)
+        # The event types `process` may act on, keep or observe: it ignores every other one.
+        self._concerns = step.reacts_to | step.undone_by | step.remembers | ENDINGS | step.observes
         self.store: StepStore
         if store is not None:
             self.store = store
@@ -231,23 +234,28 @@ class Runtime:
                     # Idle: publish anything a failed flush left behind (a quiet system has no
                     # next message to trigger it, and a recorded event must not wait forever).
                     await self.relay.flush()
+                done: dict[TopicPartition, int] = {}
                 for tp, messages in fetched.items():
-                    done = None
                     for message in messages:
                         if stop.is_set() or not await self.consume(tp, message, producer):
                             break  # never commit past an input that was abandoned half-way
-                        done = message.offset + 1
+                        done[tp] = message.offset + 1
+                # Once per fetch: publish what it recorded (most fetches record nothing: other steps'
+                # events), then commit every partition's offset in one request.
+                if self._unpublished or time.monotonic() - self._flushed_at > 1.0:
+                    self._unpublished, self._flushed_at = False, time.monotonic()
                     await self.relay.flush()
-                    if done is not None:
-                        # A rebalance may have taken the partition away meanwhile (highwater() asserts).
-                        end = consumer.highwater(tp) if tp in consumer.assignment() else None
-                        if end is not None:
-                            metrics.LAG.labels(tp.topic, str(tp.partition)).set(max(end - done, 0))
-                        # Once per batch: the tracked positions, not these offsets, decide what is redone.
-                        try:
-                            await consumer.commit({tp: done})
-                        except KafkaError as e:  # e.g. a rebalance: the next owner re-reads, tracking skips
-                            logs.warn(self.log, "offset commit failed", error=str(e))
+                for tp, offset in done.items():
+                    # A rebalance may have taken the partition away meanwhile (highwater() asserts).
+                    end = consumer.highwater(tp) if tp in consumer.assignment() else None
+                    if end is not None:
+                        metrics.LAG.labels(tp.topic, str(tp.partition)).set(max(end - offset, 0))
+                if done:
+                    # The tracked positions, not these offsets, decide what is redone.
+                    try:
+                        await consumer.commit(done)
+                    except KafkaError as e:  # e.g. a rebalance: the next owner re-reads, tracking skips
+                        logs.warn(self.log, "offset commit failed", error=str(e))
         finally:
             stop.set()
             self.ctx.stopping.set()
@@ -389,6 +397,9 @@ class Runtime:
         except validation.InvalidInput as e:
             await self.dead_letter(message, f"invalid {event.event_type}: {e}", producer)
             return True
+        if event.event_type not in self._concerns:  # most saga events are another step's: no thread, no store
+            metrics.EVENTS.labels(event.event_type, "ignored").inc()
+            return True
         tracking = Tracking(kafka_position(tp.topic, tp.partition), message.offset + 1)
         started = time.monotonic()
         with self._span(event, tracing.context_of(message.headers)):
@@ -424,7 +435,8 @@ class Runtime:
                     return False
                 await asyncio.sleep(1)
         metrics.EVENTS.labels(event.event_type, outcome.action).inc()
-        if outcome.action in ("handled", "parked", "refused", "repaired"):
+        if outcome.action in ("handled", "parked", "refused", "repaired"):  # it recorded new events
+            self._unpublished = True
             metrics.HANDLE_SECONDS.labels(event.event_type).observe(time.monotonic() - started)
         if outcome.action not in ("ignored", "seen", "observed"):
             logs.info(
