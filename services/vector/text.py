@@ -148,7 +148,7 @@ class _OpenPdf:
 
     def _text(self, index: int, ocr: DocumentOcr | None) -> tuple[str, bool]:
         """The page's text layer, and whether it is a scan OCR should read."""
-        page = self._load(index)
+        page = self.doc[index]
         try:
             textpage = page.get_textpage()
             try:
@@ -164,16 +164,13 @@ class _OpenPdf:
         photo or noise costs one thumbnail, never a Tesseract run)."""
         from services.vector.ocr import THUMB_DPI, is_picture
 
-        page = self._load(index)
+        page = self.doc[index]
         try:
             if is_picture(page.render(scale=THUMB_DPI / 72, grayscale=True).to_pil()):
                 return None
             return page.render(scale=dpi / 72, grayscale=True).to_pil()
         finally:
             page.close()
-
-    def _load(self, index: int) -> Any:
-        return self.doc[index]
 
     def _close_stream(self) -> None:
         if self._stream is not None:
