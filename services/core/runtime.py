@@ -230,10 +230,6 @@ class Runtime:
             workers = asyncio.create_task(self._work(stop, producer)) if self.step.row.work else None
             stopper = asyncio.create_task(stop.wait())
             while (fetched := await _fetch(consumer, stopper, 200)) is not None:
-                if not fetched:
-                    # Idle: publish anything a failed flush left behind (a quiet system has no
-                    # next message to trigger it, and a recorded event must not wait forever).
-                    await self.relay.flush()
                 done: dict[TopicPartition, int] = {}
                 for tp, messages in fetched.items():
                     for message in messages:
@@ -241,8 +237,10 @@ class Runtime:
                             break  # never commit past an input that was abandoned half-way
                         done[tp] = message.offset + 1
                 # Once per fetch: publish what it recorded (most fetches record nothing: other steps'
-                # events), then commit every partition's offset in one request.
-                if self._unpublished or time.monotonic() - self._flushed_at > 1.0:
+                # events) and, when idle or a second on, what a failed flush left behind (a quiet
+                # system has no next message to trigger it, and a recorded event must not wait
+                # forever); then commit every partition's offset in one request.
+                if not fetched or self._unpublished or time.monotonic() - self._flushed_at > 1.0:
                     self._unpublished, self._flushed_at = False, time.monotonic()
                     await self.relay.flush()
                 for tp, offset in done.items():
