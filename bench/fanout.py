@@ -15,7 +15,6 @@ from bench.flow import ingest_sync
 from bench.large import CHARS_PER_PAGE, QUICK, SCAN_PAGES, TEXT_PAGES
 from bench.report import Section
 from bench.services import ALL, Services
-from services.core import topics
 from services.core.chunkstore import ChunkStore
 from services.core.config import Settings
 from services.vector.items import plan_items
@@ -50,8 +49,7 @@ def run(r: Run) -> Section:
     for cpus in WORKERS:
         n = len(cpus)
         with Services(ALL, r.env.service_env(), pinned={"vector": cpus}) as running:
-            for name in [k for k in running.procs if k.startswith("vector")]:  # the work group has settled
-                running.wait_for_line(name, f"work assigned partitions={topics.WORK_PARTITIONS // n}")
+            running.wait_for_workers("vector")
             warm = ingest_sync([documents.small_text(r.env.run_dir, n)], 180, running=running)
             ing = ingest_sync([path], timeout=600 + bare_s * 3, running=running)
             peaks = running.peak_rss_mb()

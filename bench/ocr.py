@@ -19,7 +19,6 @@ from bench.env import Run
 from bench.flow import ingest_sync
 from bench.report import Section
 from bench.services import ALL, Services
-from services.core import topics
 from services.core.chunkstore import ChunkStore
 from services.core.config import Settings
 from services.vector.ocr import Ocr
@@ -97,8 +96,7 @@ def run(r: Run) -> Section:
     for cpus in (["0"], ["0", "1"]):
         n = len(cpus)
         with Services(ALL, env, pinned={"vector": cpus}) as running:
-            for name in [k for k in running.procs if k.startswith("vector")]:
-                running.wait_for_line(name, f"work assigned partitions={topics.WORK_PARTITIONS // n}")
+            running.wait_for_workers("vector")
             ing = ingest_sync([scans], timeout=60 + count * 10, running=running)
         (doc,) = ing.done
         chunks.delete(doc)

@@ -16,6 +16,7 @@ import time
 from types import TracebackType
 
 from bench import procfs
+from services.core import topics
 from services.core.saga import SERVICES
 from services.processes import ServiceProcess, stop_all
 
@@ -87,6 +88,12 @@ class Services:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{name} did not log {text!r} in {timeout}s:\n{self.procs[name].log_tail()}")
             time.sleep(0.2)
+
+    def wait_for_workers(self, service: str) -> None:
+        """Until the service's work group has settled: each of its processes holds its share."""
+        mine = [key for key in self.procs if key == service or key.startswith(f"{service}-")]
+        for key in mine:
+            self.wait_for_line(key, f"work assigned partitions={topics.WORK_PARTITIONS // len(mine)}")
 
     def pid(self, name: str) -> int:
         proc = self.procs[name].proc
