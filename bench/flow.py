@@ -68,30 +68,44 @@ class Ingested:
 
 
 async def ingest(paths: list[Path], timeout: float, until: str = DOCUMENT_COMPLETED, completions: bool = True,
-                 rate: float | None = None, running: Services | None = None) -> Ingested:
-    """Submits `paths` (all at once, or `rate` per second) and waits for `until` for each.
+                 rate: float | None = None, running: Services | None = None, one_at_a_time: bool = False) -> Ingested:
+    """Submits `paths` (all at once, `rate` per second, or each once the one before is done) and
+    waits for `until` for each.
 
     With `completions`, `until` is awaited on the completions topic (what subscribers see).
     With `running`, gives up as soon as one of those services dies.
     """
     submitted: dict[str, float] = {}
     submitted_wall: dict[str, float] = {}
+    done: dict[str, Seen] = {}
+    topic = topics.COMPLETIONS.name if completions else None
+    check = running.check_alive if running else None
     async with Tap() as tap, Client() as client:
-        start = time.perf_counter()
-        for i, path in enumerate(paths):
-            if rate:
-                await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
+
+        async def submit(path: Path) -> str:
             submitted_at, wall = time.perf_counter(), time.time()
             sub = await client.submit(path, title=path.stem, author="Bench Clerk", organisation="Bench Office",
                                       case_number="BENCH-1")
             submitted[sub.document_id], submitted_wall[sub.document_id] = submitted_at, wall
-        topic = topics.COMPLETIONS.name if completions else None
-        check = running.check_alive if running else None
-        done = await tap.wait_for(list(submitted), {until}, timeout, topic=topic, check=check)
+            return sub.document_id
+
+        start = time.perf_counter()
+        if rate or one_at_a_time:
+            for i, path in enumerate(paths):
+                if rate:
+                    await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
+                doc = await submit(path)
+                if one_at_a_time:
+                    done |= await tap.wait_for([doc], {until}, timeout, topic=topic, check=check)
+        else:  # all at once: many submissions in flight, so the client is not what sets the pace
+            for group in range(0, len(paths), 32):
+                await asyncio.gather(*(submit(p) for p in paths[group:group + 32]))
+        done |= await tap.wait_for([d for d in submitted if d not in done], {until}, timeout, topic=topic,
+                                   check=check)
     return Ingested(tap, submitted, submitted_wall, done)
 
 
 def ingest_sync(paths: list[Path], timeout: float, until: str = DOCUMENT_COMPLETED, completions: bool = True,
-                rate: float | None = None, running: Services | None = None) -> Ingested:
+                rate: float | None = None, running: Services | None = None, one_at_a_time: bool = False) -> Ingested:
     """`ingest`, from synchronous code."""
-    return asyncio.run(ingest(paths, timeout, until, completions, rate, running))
+    return asyncio.run(ingest(paths, timeout, until, completions, rate, running, one_at_a_time))

@@ -35,12 +35,13 @@ def pss_mb(pid: int) -> float:
 
 
 def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU time of the given processes (0 for those that are gone)."""
+    """User + system CPU time of the given processes (0 for those that are gone), with that of
+    their children that ended (PostgreSQL's backends come and go: a closed one's time would be lost)."""
     total = 0.0
     for pid in pids:
         try:
             t = psutil.Process(pid).cpu_times()
-            total += t.user + t.system
+            total += t.user + t.system + t.children_user + t.children_system
         except psutil.NoSuchProcess:
             pass
     return total

@@ -83,11 +83,14 @@ class Tap:
         """
         deadline = time.monotonic() + timeout
         found: dict[str, Seen] = {}
+        checked: dict[str, int] = {}  # how many of each document's records were looked at
         while True:
             for doc in document_ids:
                 if doc in found:
                     continue
-                for s in self.seen.get(doc, []):
+                seen = self.seen.get(doc, [])
+                start, checked[doc] = checked.get(doc, 0), len(seen)
+                for s in seen[start:]:
                     if s.event.event_type in event_types and topic in (None, s.topic):
                         found[doc] = s
                         break

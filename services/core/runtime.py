@@ -54,7 +54,7 @@ from services.core.pg import check_claim
 from services.core.saga import STEPS, compensated, completion, failed
 from services.core.step import Context, Interrupted, Step
 from services.core.steplog import ENDINGS, StepLog, event_of, message_of
-from services.core.store import StepStore, kafka_position, open_store
+from services.core.store import Batch, StepStore, kafka_position, open_store
 
 
 def classify(exc: BaseException) -> StepError:
@@ -168,8 +168,10 @@ class Runtime:
         self._flush_queued = threading.Event()
         self._unpublished, self._flushed_at = False, 0.0  # what the consume loop recorded since its last flush
         self._open: set[str] = set()  # documents this step worked on whose saga has not ended (metrics)
-        # The event types `process` may act on, keep or observe: it ignores every other one.
-        self._concerns = step.reacts_to | step.undone_by | step.remembers | ENDINGS | step.observes
+        # The event types `process` may act on, keep or observe (it ignores every other one), and
+        # the topics that carry them: the only ones it reads.
+        self._concerns = step.inputs
+        self.reads = topics.consumed(step.inputs)
         self.store: StepStore
         if store is not None:
             self.store = store
@@ -217,14 +219,14 @@ class Runtime:
             heartbeat_interval_ms=3_000,
             group_instance_id=f"{self.group}-{self.settings.group_instance}" if self.settings.group_instance else None,
         )
-        await topics.wait_for_topics(self.settings, self.step.service, topics.SAGA_TOPICS)  # provisioned by admin
+        await topics.wait_for_topics(self.settings, self.step.service, self.reads)  # provisioned by admin
         await producer.start()
         self.relay = Relay(self.store, producer)
         workers: asyncio.Task[None] | None = None
         try:
             await self.relay.flush()  # what a crashed run recorded but never published
             listener = _ForgetPositions(self.positions, self.log)
-            consumer.subscribe([t.name for t in topics.SAGA_TOPICS], listener=listener)
+            consumer.subscribe([t.name for t in self.reads], listener=listener)
             await consumer.start()
             logs.info(self.log, "started", group=self.group)
             workers = asyncio.create_task(self._work(stop, producer)) if self.step.row.work else None
@@ -232,10 +234,9 @@ class Runtime:
             while (fetched := await _fetch(consumer, stopper, 200)) is not None:
                 done: dict[TopicPartition, int] = {}
                 for tp, messages in fetched.items():
-                    for message in messages:
-                        if stop.is_set() or not await self.consume(tp, message, producer):
-                            break  # never commit past an input that was abandoned half-way
-                        done[tp] = message.offset + 1
+                    if stop.is_set() or not await self.consume_all(tp, messages, producer):
+                        continue  # never commit past an input that was abandoned half-way
+                    done[tp] = messages[-1].offset + 1
                 # Once per fetch: publish what it recorded (most fetches record nothing: other steps'
                 # events) and, when idle or a second on, what a failed flush left behind (a quiet
                 # system has no next message to trigger it, and a recorded event must not wait
@@ -378,14 +379,43 @@ class Runtime:
             except EventStoreConflict:
                 continue  # the saga consumer or another worker wrote the log meanwhile: decide again
 
-    # --- one message -----------------------------------------------------------------------
-    async def consume(self, tp: TopicPartition, message: ConsumerRecord, producer: AIOKafkaProducer) -> bool:
-        """Handles one message; False when it was abandoned half-way (the service is stopping)."""
+    # --- one fetch ----------------------------------------------------------------------------
+    async def consume_all(self, tp: TopicPartition, messages: list[ConsumerRecord],
+                          producer: AIOKafkaProducer) -> bool:
+        """Handles one partition's messages of a fetch; False when they were abandoned half-way
+        (the service is stopping). Two or more inputs this step acts on are processed as one
+        batch: one worker thread, each document's log read once, one event-store transaction
+        with the batch's last position (`_process_batch`). A step's failure is handled there as
+        for a single input (retried, or the step fails); anything else that fails it (the event
+        store, a conflict with another writer, the audit trail) leaves nothing of it recorded,
+        and it is redone event by event (its handlers are idempotent, as after a crash)."""
+        admitted = [(m, e) for m in messages if (e := await self._admit(m, producer)) is not None]
+        if len(admitted) > 1:
+            started = time.monotonic()
+            try:
+                outcomes = await asyncio.to_thread(self._process_batch, tp, admitted)
+            except Interrupted:
+                return False
+            except Exception as e:
+                logs.info(self.log, "batch redone event by event", inputs=len(admitted),
+                          error=f"{type(e).__name__}: {e}")
+            else:
+                for (_, event), outcome in zip(admitted, outcomes, strict=True):
+                    self._took(event, outcome, started)
+                return True
+        for message, event in admitted:
+            if self.ctx.stopping.is_set() or not await self.consume_one(tp, message, event, producer):
+                return False
+        return True
+
+    async def _admit(self, message: ConsumerRecord, producer: AIOKafkaProducer) -> Event | None:
+        """The decoded event if this step must process it; None for one it ignores, or one that
+        went to the dead-letter topic (undecodable, or breaking an input rule)."""
         try:
             event = codec.decode(message.value)
         except codec.UndecodableEvent as e:
             await self.dead_letter(message, str(e), producer)
-            return True
+            return None
         try:  # decodable but untrusted: nothing runs for an event that breaks a rule
             validation.check_event(event)
             if message.key != event.document_id.encode():  # its partition, and so its order (G6)
@@ -394,14 +424,61 @@ class Runtime:
                 raise validation.InvalidInput(f"{event.event_type} does not travel on {message.topic}")
         except validation.InvalidInput as e:
             await self.dead_letter(message, f"invalid {event.event_type}: {e}", producer)
-            return True
+            return None
         if event.event_type not in self._concerns:  # most saga events are another step's: no thread, no store
             metrics.EVENTS.labels(event.event_type, "ignored").inc()
-            return True
+            return None
+        return event
+
+    async def consume_one(self, tp: TopicPartition, message: ConsumerRecord, event: Event,
+                          producer: AIOKafkaProducer) -> bool:
+        """Handles one admitted input in its own transaction; False when abandoned half-way."""
         tracking = Tracking(kafka_position(tp.topic, tp.partition), message.offset + 1)
         started = time.monotonic()
         with self._span(event, tracing.context_of(message.headers)):
             return await self._handle(tp, message, event, tracking, started, producer)
+
+    def _process_batch(self, tp: TopicPartition, admitted: list[tuple[ConsumerRecord, Event]]) -> list[Outcome]:
+        """Processes a partition's inputs in order against one `Batch` of their logs, then records
+        every change and the last position in one transaction (runs in a worker thread). Inputs
+        only taken note of are passed to the step together, in order with the others."""
+        name = kafka_position(tp.topic, tp.partition)
+        if tp not in self.positions:
+            self.positions[tp] = self.store.position(name)
+        done, batch = self.positions[tp], Batch(self.store)
+        outcomes: list[Outcome] = []
+        noted: list[Event] = []
+        for message, event in admitted:
+            if done is not None and message.offset + 1 <= done:
+                outcomes.append(Outcome("seen"))
+            elif self._only_noted(event):
+                noted.append(event)
+                outcomes.append(Outcome("observed"))
+            else:
+                self._observe_all(noted)
+                batch.next_input()
+                with self._span(event, tracing.context_of(message.headers)):
+                    outcomes.append(self.process(event, Tracking(name, message.offset + 1), batch))
+        self._observe_all(noted)
+        last = admitted[-1][0].offset + 1
+        if done is not None and last <= done:
+            return outcomes
+        if not batch.commit(Tracking(name, last)):  # another replica recorded it first
+            self.positions.pop(tp, None)
+            return [Outcome("redelivered") for _ in outcomes]
+        self.positions[tp] = last
+        return outcomes
+
+    def _observe_all(self, noted: list[Event]) -> None:
+        if noted:
+            self.step.observe_all(noted, self.ctx)
+            noted.clear()
+
+    def _only_noted(self, event: Event) -> bool:
+        """An input this step only takes note of (the audit trail): idempotent by itself."""
+        repair = event.producer == REPAIR_PRODUCER
+        keeps = self.step.reacts_to | (frozenset() if repair else self.step.undone_by | self.step.remembers | ENDINGS)
+        return event.event_type not in keeps and event.event_type in self.step.observes
 
     def _span(self, event: Event, parent: Any) -> contextlib.AbstractContextManager[Any]:
         """The trace span of an input this step acts on (forward or undo); none for the rest."""
@@ -432,20 +509,18 @@ class Runtime:
                 if self.ctx.stopping.is_set():
                     return False
                 await asyncio.sleep(1)
+        self._took(event, outcome, started)
+        return True
+
+    def _took(self, event: Event, outcome: Outcome, started: float) -> None:
+        """Metrics and the log line of one processed input."""
         metrics.EVENTS.labels(event.event_type, outcome.action).inc()
         if outcome.action in ("handled", "parked", "refused", "repaired"):  # it recorded new events
             self._unpublished = True
             metrics.HANDLE_SECONDS.labels(event.event_type).observe(time.monotonic() - started)
         if outcome.action not in ("ignored", "seen", "observed"):
-            logs.info(
-                self.log,
-                outcome.action,
-                event=event.event_type,
-                doc=event.document_id,
-                saga=event.saga_id,
-                emitted=outcome.emitted,
-            )
-        return True
+            logs.info(self.log, outcome.action, event=event.event_type, doc=event.document_id, saga=event.saga_id,
+                      emitted=outcome.emitted)
 
     def _process_once(self, tp: TopicPartition, offset: int, event: Event, tracking: Tracking) -> Outcome:
         if tp not in self.positions:
@@ -458,9 +533,11 @@ class Runtime:
             self.positions[tp] = offset + 1
         return outcome
 
-    def process(self, event: Event, tracking: Tracking) -> Outcome:
-        """Decide, act and record, for one decoded event (runs in a worker thread)."""
+    def process(self, event: Event, tracking: Tracking, batch: Batch | None = None) -> Outcome:
+        """Decide, act and record, for one decoded event (runs in a worker thread). In a `batch`,
+        the log comes from it and is recorded by its commit."""
         step = self.step
+        store: StepStore | Batch = batch or self.store
         forward = event.event_type in step.reacts_to
         undo = event.event_type in step.undone_by
         remembers = step.remembers | ENDINGS  # every step knows when its document's saga has ended
@@ -469,8 +546,7 @@ class Runtime:
             remembers, undo = frozenset(), False
         if not (forward or undo or event.event_type in remembers | step.observes):
             return Outcome("ignored")
-        if not (forward or undo or event.event_type in remembers):
-            # Observe-only (the audit trail): idempotent by itself, so no event-store write.
+        if self._only_noted(event):  # the audit trail: idempotent by itself, so no event-store write
             try:
                 step.observe(event, self.ctx)
             except Exception as raw:
@@ -480,9 +556,9 @@ class Runtime:
         attempt = 0
         keep = (forward or event.event_type in remembers) and not repair  # inputs the log keeps
         while True:
-            log = self.store.step_log(event.document_id)
+            log = store.step_log(event.document_id)
             if log.handled(event.event_id):
-                recorded = self.store.record(log, tracking)
+                recorded = store.record(log, tracking)
                 return Outcome("duplicate" if recorded else "redelivered")
             before = len(log.emitted)
             refusal = _refusal(event, log, repair) if forward or undo else None
@@ -513,6 +589,8 @@ class Runtime:
             except Interrupted:
                 raise
             except Exception as raw:
+                if batch is not None:  # drop this input's changes to its log (raises if it cannot)
+                    batch.forget(event.document_id)
                 err = classify(raw)
                 if refusal or not (current or undo or repair):  # only observing failed: never undo for it
                     raise ObserveFailed(str(err)) from raw
@@ -532,7 +610,7 @@ class Runtime:
                     continue
                 if repair:  # a completed saga is never compensated for a failed repair
                     raise ObserveFailed(f"repair failed: {err}") from raw
-                log = self.store.step_log(event.document_id)  # drop the failed attempt's pending events
+                log = store.step_log(event.document_id)  # drop the failed attempt's pending events
                 if keep and not log.knows(event.event_id):
                     log.receive(message_of(event))
                 if current is not None:
@@ -545,7 +623,7 @@ class Runtime:
             parked = forward and not (refusal or repair) and event.event_id not in {e.event_id for e in ready}
             if not parked and not log.handled(event.event_id):
                 log.mark_processed(event.event_id)  # observe-only inputs are idempotent by themselves
-            recorded = self.store.record(log, tracking)
+            recorded = store.record(log, tracking)
             if recorded:
                 self._count(event, log.emitted[before:], forward=bool(ready), undo=undo)
             done = "refused" if refusal else "repaired" if repair else "parked" if parked else "handled"

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from services.core.config import Settings
 from services.core.events import Event
 from services.core.saga import BY_SERVICE, FIRST, LAST, SagaStep, undo_triggers
-from services.core.steplog import StepLog
+from services.core.steplog import ENDINGS, StepLog
 
 
 class Interrupted(Exception):
@@ -86,6 +86,12 @@ class Step(ABC):
         return undo_triggers(self.row)
 
     @property
+    def inputs(self) -> frozenset[str]:
+        """Every event type it acts on, keeps or takes note of (it reads the topics that carry
+        them, and ignores every other event there); every step knows when a saga has ended."""
+        return self.reacts_to | self.undone_by | self.remembers | ENDINGS | self.observes
+
+    @property
     def is_first(self) -> bool:
         return self.row is FIRST
 
@@ -107,6 +113,11 @@ class Step(ABC):
 
     def observe(self, event: Event, ctx: Context) -> None:  # noqa: B027 - optional hook
         """Take note of an event this step does not act on (must be idempotent)."""
+
+    def observe_all(self, events: list[Event], ctx: Context) -> None:
+        """Take note of a consumer batch's such events, in order (a step may write them at once)."""
+        for event in events:
+            self.observe(event, ctx)
 
     @abstractmethod
     def handle(self, event: Event, log: StepLog, ctx: Context) -> None:

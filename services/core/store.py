@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import psycopg
@@ -80,8 +80,13 @@ class StepStore(ProcessApplication[uuid.UUID]):
         Returns False when the position was recorded before: a redelivered message, whose
         effects are already in the store.
         """
+        return self.record_all([log], tracking)
+
+    def record_all(self, logs: Iterable[StepLog], tracking: Tracking | None = None) -> bool:
+        """`record` for several documents' logs in one transaction (a consumer batch)."""
         processing: ProcessingEvent[uuid.UUID] = ProcessingEvent(tracking)
-        processing.collect_events(log)
+        for log in logs:
+            processing.collect_events(log)
         if not processing.events and tracking is None:
             return True
         try:
@@ -112,3 +117,42 @@ class StepStore(ProcessApplication[uuid.UUID]):
     def mark_published(self, notification_id: int) -> None:
         with contextlib.suppress(IntegrityError):  # another replica or run already moved it further
             self.recorder.insert_tracking(Tracking(OUTBOX, notification_id))
+
+
+class BatchAborted(Exception):
+    """Nothing of the batch is recorded: it is redone one input at a time."""
+
+
+class Batch:
+    """A consumer batch's view of the event store: each document's log is read once, and every
+    change the batch makes is recorded in one transaction with its last position (`commit`)."""
+
+    def __init__(self, store: StepStore) -> None:
+        self.store = store
+        self.logs: dict[str, StepLog] = {}
+        self.earlier: set[str] = set()  # documents whose logs earlier inputs of the batch changed
+
+    def next_input(self) -> None:
+        self.earlier = set(self.logs)
+
+    def forget(self, document_id: str) -> None:
+        """Drops what the current input did to a document's log, so its failure is handled as a
+        single input's would be. If an earlier input of the batch changed that log too, the two
+        cannot be told apart: the batch fails (and is redone one input at a time)."""
+        if document_id in self.earlier:
+            raise BatchAborted(f"document {document_id} failed after an earlier input of its batch")
+        self.logs.pop(document_id, None)
+
+    def step_log(self, document_id: str) -> StepLog:
+        if document_id not in self.logs:
+            self.logs[document_id] = self.store.step_log(document_id)
+        return self.logs[document_id]
+
+    def record(self, log: StepLog, tracking: Tracking | None = None) -> bool:
+        """Kept for the commit; True, as the commit records it or raises."""
+        self.logs[log.document_id] = log
+        return True
+
+    def commit(self, tracking: Tracking) -> bool:
+        """False when another consumer recorded this position first (nothing is recorded)."""
+        return self.store.record_all(self.logs.values(), tracking)

@@ -123,10 +123,16 @@ PREFIX = os.environ.get("UDS3_TOPIC_PREFIX", "uds3")
 REPLICATION_FACTOR = int(os.environ.get("UDS3_TOPIC_REPLICATION", str(min(3, kafka_nodes()))))
 ALL_TOPICS: tuple[Topic, ...] = build_topics(PREFIX, REPLICATION_FACTOR)
 SUBMISSIONS, COMPLETIONS, DEAD_LETTERS = ALL_TOPICS[0], ALL_TOPICS[-2], ALL_TOPICS[-1]
-# What the services consume: every saga event, from every producer (no progress).
+# Every saga event, from every producer (no progress): each service reads those it needs (`consumed`).
 SAGA_TOPICS: tuple[Topic, ...] = tuple(t for t in ALL_TOPICS if t.name.endswith((".events", ".submissions")))
 PROGRESS_TOPICS: tuple[Topic, ...] = tuple(t for t in ALL_TOPICS if t.name.endswith(".progress"))
 WORK_TOPICS: tuple[Topic, ...] = tuple(t for t in ALL_TOPICS if t.name.endswith(".work"))
+
+
+def consumed(inputs: Iterable[str]) -> tuple[Topic, ...]:
+    """The saga topics a step with these inputs reads: those that carry any of them."""
+    wanted = set(inputs)
+    return tuple(t for t in SAGA_TOPICS if wanted & set(t.carries))
 
 
 def work_group(service: str, prefix: str = PREFIX) -> str:

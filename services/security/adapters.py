@@ -55,6 +55,7 @@ class SecurityRecords(Protocol):
     def close(self) -> None: ...
     def record_identity(self, identity: Identity, draft: AuditDraft) -> int: ...
     def append(self, draft: AuditDraft) -> int: ...
+    def append_all(self, drafts: list[AuditDraft]) -> list[int]: ...  # in order, atomically
     def remove_identity(self, document_id: str, note: Callable[[dict[str, Any]], AuditDraft]) -> int: ...
     def identity(self, document_id: str) -> dict[str, Any] | None: ...
     def entries(self, document_id: str) -> list[Entry]: ...
@@ -89,6 +90,9 @@ class InMemorySecurityRecords:
 
     def append(self, draft: AuditDraft) -> int:
         return self._append(draft)
+
+    def append_all(self, drafts: list[AuditDraft]) -> list[int]:
+        return [self._append(draft) for draft in drafts]
 
     def remove_identity(self, document_id: str, note: Callable[[dict[str, Any]], AuditDraft]) -> int:
         row = self.identities.get(document_id)
@@ -157,8 +161,11 @@ class SecurityStore(PgStore):
             return _append(conn, draft)
 
     def append(self, draft: AuditDraft) -> int:
-        with self._transaction("append audit entry") as conn:
-            return _append(conn, draft)
+        return self.append_all([draft])[0]
+
+    def append_all(self, drafts: list[AuditDraft]) -> list[int]:
+        with self._transaction("append audit entries") as conn:
+            return _append_all(conn, drafts)
 
     # --- compensation ------------------------------------------------------------------------
     def remove_identity(self, document_id: str, note: Callable[[dict[str, Any]], AuditDraft]) -> int:
@@ -188,23 +195,38 @@ class SecurityStore(PgStore):
 
 
 def _append(conn: psycopg.Connection[Any], draft: AuditDraft) -> int:
-    """Appends one entry unless its event is already in the trail; returns its seq."""
+    return _append_all(conn, [draft])[0]
+
+
+def _append_all(conn: psycopg.Connection[Any], drafts: list[AuditDraft]) -> list[int]:
+    """Appends the entries in order, but none whose event is already in the trail; returns each
+    draft's seq. One lock, one look-up and one round of inserts for a whole consumer batch."""
     conn.execute("SELECT pg_advisory_xact_lock(%s)", (AUDIT_LOCK,))
-    found = conn.execute("SELECT seq FROM security.audit_trail WHERE event_id = %s",
-                         (draft.event_id,)).fetchone()
-    if found:
-        return int(found[0])
+    seq_of: dict[str, int] = dict(conn.execute(
+        "SELECT event_id, seq FROM security.audit_trail WHERE event_id = ANY(%s)",
+        ([d.event_id for d in drafts],)).fetchall())
+    new: dict[str, AuditDraft] = {}  # an event twice in one batch is appended once
+    for draft in drafts:
+        if draft.event_id not in seq_of:
+            new.setdefault(draft.event_id, draft)
+    if not new:
+        return [seq_of[d.event_id] for d in drafts]
     last = conn.execute("SELECT entry_hash FROM security.audit_trail ORDER BY seq DESC LIMIT 1").fetchone()
     prev_hash = last[0] if last else GENESIS
-    # seq is drawn under the lock, so seq order is append order (and is part of the hash)
-    seq_row = conn.execute("SELECT nextval(pg_get_serial_sequence('security.audit_trail', 'seq'))").fetchone()
-    assert seq_row is not None
-    seq = int(seq_row[0])
-    detail = jsonable(draft.detail)
+    # seqs are drawn under the lock, so seq order is append order (and is part of the hash)
+    seqs = sorted(int(r[0]) for r in conn.execute(
+        "SELECT nextval(pg_get_serial_sequence('security.audit_trail', 'seq')) FROM generate_series(1, %s)",
+        (len(new),)).fetchall())
+    rows = []
     at = datetime.now(UTC)
-    entry_hash = chain_hash(prev_hash, seq, draft.document_id, draft.event_id, draft.event_type, detail, at)
-    conn.execute(
-        "INSERT INTO security.audit_trail (seq, document_id, event_id, event_type, detail, recorded_at, "
-        "prev_hash, entry_hash) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-        (seq, draft.document_id, draft.event_id, draft.event_type, Jsonb(detail), at, prev_hash, entry_hash))
-    return seq
+    for seq, draft in zip(seqs, new.values(), strict=True):
+        detail = jsonable(draft.detail)
+        entry_hash = chain_hash(prev_hash, seq, draft.document_id, draft.event_id, draft.event_type, detail, at)
+        rows.append((seq, draft.document_id, draft.event_id, draft.event_type, Jsonb(detail), at, prev_hash,
+                     entry_hash))
+        seq_of[draft.event_id], prev_hash = seq, entry_hash
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO security.audit_trail (seq, document_id, event_id, event_type, detail, recorded_at, "
+            "prev_hash, entry_hash) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)", rows)
+    return [seq_of[d.event_id] for d in drafts]

@@ -109,3 +109,7 @@ class SecurityStep(Step):
     def observe(self, event: Event, ctx: Context) -> None:
         """Appends `event` to the audit trail (a redelivered event adds nothing: UNIQUE event_id)."""
         self.store.append(audit_draft(event))
+
+    def observe_all(self, events: list[Event], ctx: Context) -> None:
+        """A consumer batch's events appended in one transaction."""
+        self.store.append_all([audit_draft(e) for e in events])

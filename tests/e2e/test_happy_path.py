@@ -12,6 +12,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from services.client import Client, Submission
+from services.compose import build_step
 from services.core import codec, topics
 from services.core.config import Settings
 from services.core.saga import SERVICES
@@ -180,8 +181,10 @@ async def wait_groups_caught_up(settings: Settings, timeout: float = 180) -> Non
             behind = []
             for service in SERVICES:
                 committed = await admin.list_consumer_group_offsets(f"{topics.PREFIX}-{service}")
+                reads = {t.name for t in topics.consumed(build_step(service, settings).inputs)}
                 behind += [
-                    service for tp, end in ends.items() if (committed.get(tp).offset if committed.get(tp) else 0) < end
+                    service for tp, end in ends.items()
+                    if tp.topic in reads and (committed.get(tp).offset if committed.get(tp) else 0) < end
                 ]
             if not behind:
                 return

@@ -117,6 +117,23 @@ def test_the_trail_is_one_chain_in_seq_order(records: SecurityRecords) -> None:
     assert records.entries(str(uuid.uuid4())) == []
 
 
+def test_a_batch_is_appended_in_order_each_event_once(records: SecurityRecords) -> None:
+    """A consumer batch's entries at once: in the order given, chained onto the trail, an event
+    already in the trail (or twice in the batch) keeping its one seq."""
+    doc, other = str(uuid.uuid4()), str(uuid.uuid4())
+    earlier = draft(doc, "DocumentSubmitted")
+    first = records.append(earlier)
+    batch = [draft(doc, "UploadStarted"), draft(other, "DocumentSubmitted"), earlier, draft(doc, "UploadCompleted")]
+    seqs = records.append_all([*batch, batch[1]])
+    assert seqs[2] == first and seqs[4] == seqs[1]
+    new = [seqs[0], seqs[1], seqs[3]]
+    assert new == sorted(new) and first < new[0] and len(set(new)) == 3
+    assert [(e.seq, e.event_type) for e in records.entries(doc)] == [
+        (first, "DocumentSubmitted"), (seqs[0], "UploadStarted"), (seqs[3], "UploadCompleted")]
+    assert records.append_all(batch) == seqs[:4]  # redelivered: nothing new
+    assert chain_problems(records) == []
+
+
 def test_remove_identity_removes_it_and_extends_the_trail(records: SecurityRecords) -> None:
     doc, other = str(uuid.uuid4()), str(uuid.uuid4())
     written = identity(doc)

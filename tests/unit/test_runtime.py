@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from collections.abc import Iterable
 
 import pytest
+from aiokafka import TopicPartition
+from aiokafka.structs import ConsumerRecord
 from eventsourcing.persistence import Tracking
 
+from services.core import codec, topics
 from services.core.config import Settings
 from services.core.errors import PermanentError, TransientError
 from services.core.events import DOCUMENT_SUBMITTED, Event
@@ -320,3 +325,121 @@ def test_a_database_shutting_down_under_a_connection_is_retried() -> None:
 
     assert classify(AdminShutdown("terminating connection due to administrator command")).retriable
     assert not classify(UniqueViolation("duplicate key")).retriable
+
+
+# --- consumer batches --------------------------------------------------------------------------
+
+TP = TopicPartition(topics.topic_for(DOCUMENT_SUBMITTED, "client").name, 0)
+
+
+def delivered(offset: int, event: Event, encoded: bool = True) -> ConsumerRecord[bytes, bytes]:
+    value = codec.encode(event) if encoded else b""
+    return ConsumerRecord(TP.topic, 0, offset, 0, 0, event.document_id.encode(), value, None, 36, len(value), [])
+
+
+def submission() -> Event:
+    """A submission as the client publishes it (it passes the runtime's input rules)."""
+    return Event(DOCUMENT_SUBMITTED, str(uuid.uuid4()), str(uuid.uuid4()), producer="client", payload={
+        "source_uri": "file:///inbox/a.pdf", "size_bytes": 1, "content_type": "", "security_level": "confidential",
+        "submitter": "alice", "title": "t"})
+
+
+class Counting(StepStore):
+    """The in-memory event store, counting the transactions that record something."""
+
+    def __init__(self, service: str) -> None:
+        super().__init__(service, env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
+        self.transactions = 0
+
+    def record_all(self, logs: Iterable[StepLog], tracking: Tracking | None = None) -> bool:
+        self.transactions += 1
+        return super().record_all(logs, tracking)
+
+
+def batch_runtime(step: Step) -> tuple[Runtime, Counting]:
+    store = Counting(step.service)
+    return Runtime(step, Settings(step_deadline_s=2, retry_base_s=0.001), store=store), store
+
+
+def test_a_batch_records_every_input_and_its_last_position_in_one_transaction() -> None:
+    step = Recording("uploader", [])
+    rt, store = batch_runtime(step)
+    events = [submission() for _ in range(3)]
+    outcomes = rt._process_batch(TP, [(delivered(10 + i, e), e) for i, e in enumerate(events)])
+    assert [o.action for o in outcomes] == ["handled"] * 3 and step.calls == 3
+    assert store.transactions == 1 and store.position(f"kafka:{TP.topic}:0") == 13
+    assert all(emitted_types(rt, e.document_id) == ["UploadDone"] for e in events)
+    again, _ = batch_runtime(step)  # redelivered to a fresh process (another replica, a restart)
+    again.store = store
+    assert [o.action for o in again._process_batch(TP, [(delivered(10 + i, e), e) for i, e in enumerate(events)])] \
+        == ["seen"] * 3 and step.calls == 3
+
+
+def test_a_step_failing_in_a_batch_is_handled_as_a_single_input_and_the_rest_recorded_with_it() -> None:
+    """One document's upload fails for good, another's store blips once: in the batch, the first
+    fails and compensates, the second is retried; the third is unaffected; one transaction."""
+    step = Recording("uploader", [PermanentError("bad pdf"), TransientError("store restarting"), None, None])
+    rt, store = batch_runtime(step)
+    bad, blip, ok = submission(), submission(), submission()
+    outcomes = rt._process_batch(TP, [(delivered(i, e), e) for i, e in enumerate((bad, blip, ok))])
+    assert [o.action for o in outcomes] == ["handled"] * 3 and step.calls == 4
+    assert emitted_types(rt, bad.document_id) == ["UploadFailed", "DocumentCompensated"] and step.undone == 1
+    assert emitted_types(rt, blip.document_id) == emitted_types(rt, ok.document_id) == ["UploadDone"]
+    assert store.transactions == 1 and store.position(f"kafka:{TP.topic}:0") == 3
+
+
+class FailingOnce(Counting):
+    """The event store refuses the first batch's transaction (e.g. another writer got there)."""
+
+    def record_all(self, logs: Iterable[StepLog], tracking: Tracking | None = None) -> bool:
+        if self.transactions == 0:
+            self.transactions += 1
+            raise TransientError("conflict")
+        return super().record_all(logs, tracking)
+
+
+def test_a_batch_whose_transaction_fails_records_nothing_and_is_redone_event_by_event() -> None:
+    step = Recording("uploader", [])
+    rt = Runtime(step, Settings(step_deadline_s=2, retry_base_s=0.001), store=FailingOnce("uploader"))
+    events = [submission() for _ in range(3)]
+    with pytest.raises(TransientError):
+        rt._process_batch(TP, [(delivered(i, e), e) for i, e in enumerate(events)])
+    assert rt.store.position(f"kafka:{TP.topic}:0") is None and emitted_types(rt, events[0].document_id) == []
+    rt.store.transactions = 0  # type: ignore[attr-defined]
+    assert asyncio.run(rt.consume_all(TP, [delivered(i, e) for i, e in enumerate(events)], producer=None))  # type: ignore[arg-type]
+    # the batch failed again, then each input had its own transaction; each is done once
+    assert rt.store.transactions == 4 and step.calls == 9  # type: ignore[attr-defined]
+    assert all(emitted_types(rt, e.document_id) == ["UploadDone"] for e in events)
+    assert rt.store.position(f"kafka:{TP.topic}:0") == 3
+
+
+class Noting(Recording):
+    """A step that also takes note of every event (as the security service's audit trail)."""
+
+    observes = frozenset({"UploadStarted", "UploadCompleted"})
+
+    def __init__(self) -> None:
+        super().__init__("security", [])
+        self.noted: list[list[str]] = []
+        self.order: list[str] = []
+
+    def handle(self, event: Event, log: StepLog, ctx: Context) -> None:
+        self.order.append(f"handle {event.event_type}")
+        super().handle(event, log, ctx)
+
+    def observe_all(self, events: list[Event], ctx: Context) -> None:
+        self.noted.append([e.event_type for e in events])
+        self.order.append("note " + ",".join(e.event_type for e in events))
+
+
+def test_noted_inputs_of_a_batch_are_passed_together_in_order_with_the_others() -> None:
+    step = Noting()
+    rt, store = batch_runtime(step)
+    a, b = submission(), submission()
+    inputs = [Event(t, d.document_id, d.saga_id, {}) for t, d in (("UploadStarted", a), ("UploadCompleted", a))]
+    inputs += [a, Event("IntegrityVerified", a.document_id, a.saga_id, {}), Event("UploadStarted", b.document_id,
+                                                                                  b.saga_id, {})]
+    outcomes = rt._process_batch(TP, [(delivered(i, e, encoded=False), e) for i, e in enumerate(inputs)])
+    assert [o.action for o in outcomes] == ["observed", "observed", "handled", "handled", "observed"]
+    assert step.order == ["note UploadStarted,UploadCompleted", "handle IntegrityVerified", "note UploadStarted"]
+    assert store.transactions == 1 and emitted_types(rt, a.document_id) == ["SecurityDone"]

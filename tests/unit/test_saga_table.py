@@ -37,3 +37,24 @@ def test_every_event_of_the_table_has_a_schema_and_one_owner() -> None:
     assert set(ALL_EVENT_TYPES) <= set(codec.REGISTRY.current)
     assert {e for s in SAGA for e in (s.success, s.failed, s.compensated, *s.emits, *s.progress)} <= set(OWNER)
     assert all(OWNER[e] == s.service for s in SAGA for e in (s.success, s.failed, s.compensated))
+
+
+def test_each_service_reads_only_the_topics_that_carry_its_inputs() -> None:
+    """Its trigger's, its undo's, what it needs, the endings; the audit trail notes everything."""
+    from services.compose import build_step
+    from services.core import topics
+    from services.core.config import Settings
+
+    def reads(service: str) -> set[str]:
+        inputs = build_step(service, Settings()).inputs
+        return {t.name.removeprefix(f"{topics.PREFIX}.") for t in topics.consumed(inputs)}
+
+    endings = {"uploader.events", "relational.events"}  # DocumentCompensated, DocumentCompleted
+    assert reads("uploader") == {"submissions", "verifier.events"} | endings
+    assert reads("vector") == {"submissions", "security.events", "graph.events"} | endings
+    assert reads("security") == {t.name.removeprefix(f"{topics.PREFIX}.") for t in topics.SAGA_TOPICS}
+    saga_topics = {t.name for t in topics.SAGA_TOPICS}
+    for row in SAGA:  # every saga event type a step acts on travels on a topic it reads
+        step = build_step(row.service, Settings())
+        read = {t.name for t in topics.consumed(step.inputs)}
+        assert all(topics.carriers(t) & read for t in step.inputs if topics.carriers(t) & saga_topics)
