@@ -18,6 +18,7 @@ from typer.testing import CliRunner, Result
 
 from services.cli.ops import dlq_app, group_letters, read_letters
 from services.client import Client
+from services.compose import build_step
 from services.core import codec, topics
 from services.core.config import Settings
 from services.core.events import DOCUMENT_COMPLETED, DOCUMENT_SUBMITTED, Event
@@ -45,6 +46,12 @@ def unknown_fingerprint_frame() -> bytes:
     valid = codec.encode(Event(DOCUMENT_SUBMITTED, str(uuid.uuid4()), str(uuid.uuid4()), {
         "source_uri": "file:///nowhere.txt", "size_bytes": 1, "content_type": "text/plain", "submitter": "x"}))
     return valid[:2] + bytes(8) + valid[codec.HEADER_SIZE:]
+
+
+def readers(topic_name: str) -> list[str]:
+    """The services that consume a topic (each reads the topics that carry its inputs)."""
+    return sorted(s for s in SERVICES
+                  if topic_name in {t.name for t in topics.consumed(build_step(s, Settings()).inputs)})
 
 
 async def letters_for(settings: Settings, origin: tuple[str, int, int], count: int, timeout: float = 60) -> list:
